@@ -1,0 +1,48 @@
+# Two commands do all the set-up on a fresh machine: `make run` and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONSTRAINTS := requirements/constraints.txt
+STAMP := $(VENV)/.installed
+ENV := HF_HUB_OFFLINE=1
+TEST_ENV := $(ENV) WANDB_MODE=disabled
+TABLE ?= synthetic_mini
+ARGS ?=
+
+.PHONY: install run test test-fast sweep aggregate bench pretrain clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+# torch first, pinned, so that no later resolution can pull a second multi-GB torch build.
+$(STAMP): $(BIN)/python pyproject.toml $(CONSTRAINTS)
+	$(BIN)/pip install -q -c $(CONSTRAINTS) torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(ENV) $(BIN)/python -m noisy_prompt.run $(ARGS)
+
+test: install
+	@$(TEST_ENV) $(BIN)/pytest -q $(ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: treating as a failure"; exit 1; fi; exit $$rc
+
+test-fast: install
+	$(TEST_ENV) $(BIN)/pytest -q -m "not slow" $(ARGS)
+
+sweep: install
+	$(ENV) $(BIN)/python -m noisy_prompt.sweep $(TABLE) $(ARGS)
+
+aggregate: install
+	$(BIN)/python -m noisy_prompt.aggregate $${NOISY_PROMPT_LOGS:-$$HOME/noisy_prompt/runs}/$(TABLE) --table $(TABLE)
+
+bench: install
+	$(ENV) $(BIN)/python -m noisy_prompt.bench dpsep $(ARGS)
+
+pretrain: install
+	$(BIN)/python -m noisy_prompt.synthetic.pretrain $(ARGS)
+
+clean:
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,149 @@
+"""The one place that turns a backbone config into a CLIP model.
+
+A backbone config names an open_clip architecture and where its weights come from: a pretrained tag
+(downloaded through open_clip's HF-hub cache), a local checkpoint file, or a `local-dir:` folder in
+open_clip's format. `builtin:<name>` points at a model that ships inside this package (the synthetic
+world's tiny CLIP).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "synthetic" / "weights"
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class WeightsNotFoundError(RuntimeError):
+    pass
+
+
+@dataclass
+class ClipBundle:
+    model: nn.Module
+    tokenizer: Callable[..., torch.Tensor]
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    identity: str  # stable string naming architecture + weights; part of every feature-cache key
+    name: str
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.detach().exp())
+
+
+def resolve_model_name(model: str) -> str:
+    if model.startswith("builtin:"):
+        path = BUILTIN_DIR / model.split(":", 1)[1]
+        if not (path / "open_clip_config.json").is_file():
+            raise WeightsNotFoundError(
+                f"built-in model '{model}' is missing: expected {path}/open_clip_config.json and weights. "
+                "Rebuild it with `python -m noisy_prompt.synthetic.pretrain`."
+            )
+        return f"local-dir:{path}"
+    return model
+
+
+def _looks_like_path(value: str) -> bool:
+    return os.sep in value or value.endswith((".bin", ".pt", ".pth", ".safetensors"))
+
+
+def _weights_identity(model_name: str, pretrained: str | None) -> str:
+    if model_name.startswith("local-dir:"):
+        folder = Path(model_name.split(":", 1)[1])
+        files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")) + sorted(folder.glob("*.pt*"))
+        stamp = ",".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+        return f"{model_name}|{stamp}"
+    if pretrained and Path(pretrained).is_file():
+        st = Path(pretrained).stat()
+        return f"{model_name}|{Path(pretrained).resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    return f"{model_name}|{pretrained or 'random'}"
+
+
+def _how_to_provide(model: str, pretrained: str) -> str:
+    return (
+        f"To provide weights for {model}: on a machine with internet run\n"
+        f"  python -c \"import open_clip; open_clip.create_model('{model}', pretrained='{pretrained}')\"\n"
+        "and copy the HF cache (HF_HOME) here, or point backbone.pretrained at a local checkpoint file, "
+        "or set backbone.model=local-dir:/path/to/folder (open_clip_config.json + weights)."
+    )
+
+
+def create_clip(
+    model: str,
+    pretrained: str | None = None,
+    *,
+    allow_random: bool = False,
+    device: str | torch.device = "cpu",
+    name: str | None = None,
+    **_: Any,
+) -> ClipBundle:
+    """Build an open_clip model with its tokenizer and preprocessing constants, all frozen-ready (fp32).
+
+    `allow_random` exists only for tests: a real run on random weights is refused, because open_clip
+    would otherwise only log a warning and the run would silently report chance-level numbers.
+    """
+    import open_clip
+
+    model_name = resolve_model_name(model)
+    has_schema = model_name.startswith(("local-dir:", "hf-hub:"))
+    if not has_schema and not pretrained and not allow_random:
+        raise WeightsNotFoundError(
+            f"backbone '{name or model}' has no pretrained weights (backbone.pretrained is empty). "
+            "Set backbone.pretrained to a tag (e.g. openai), a checkpoint file or use backbone.model=local-dir:/path. "
+            "Random weights are only for tests (backbone.allow_random=true)."
+        )
+    if pretrained and _looks_like_path(pretrained) and not Path(pretrained).is_file():
+        raise WeightsNotFoundError(
+            f"backbone '{name or model}': weights file not found: {pretrained}\n" + _how_to_provide(model, "<tag>")
+        )
+    if model_name.startswith("local-dir:"):
+        folder = Path(model_name.split(":", 1)[1])
+        if not (folder / "open_clip_config.json").is_file():
+            raise WeightsNotFoundError(f"local-dir model folder {folder} has no open_clip_config.json")
+    try:
+        clip = open_clip.create_model(
+            model_name,
+            pretrained=None if has_schema else (pretrained or None),
+            require_pretrained=not allow_random,
+            device=device,
+        )
+    except RuntimeError as err:
+        if pretrained and not _looks_like_path(pretrained):
+            raise WeightsNotFoundError(
+                f"could not load pretrained weights '{pretrained}' for {model_name} "
+                f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}): {err}\n" + _how_to_provide(model, pretrained)
+            ) from err
+        raise
+    clip.eval()
+    tokenizer = open_clip.get_tokenizer(model_name)
+    pp = getattr(clip.visual, "preprocess_cfg", {}) or {}
+    size = pp.get("size", getattr(clip.visual, "image_size", 224))
+    image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+    mean = tuple(pp.get("mean", OPENAI_MEAN))
+    std = tuple(pp.get("std", OPENAI_STD))
+    return ClipBundle(
+        model=clip,
+        tokenizer=tokenizer,
+        image_size=image_size,
+        mean=mean,
+        std=std,
+        identity=_weights_identity(model_name, pretrained),
+        name=name or model,
+    )
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module

@@ -1,0 +1,241 @@
+"""One LightningDataModule for every dataset, method and noise protocol.
+
+Order of operations (datasets.md / noise.md): read the dataset, draw the few-shot set with Dassl's
+procedure (or let a few-shot-constructing noise protocol build it), corrupt the training labels with
+the noise protocol, then serve either transformed images or cached frozen-encoder features. Every step
+is a function of (config, seed) only, so every DDP rank and every rerun sees the same noisy labels.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from noisy_prompt.data.base import DatasetSplits, ImageSplit
+from noisy_prompt.data.fewshot import sample_fewshot
+from noisy_prompt.data.readers import read_dataset
+from noisy_prompt.data.transforms import describe, test_transform, train_transform
+
+log = logging.getLogger(__name__)
+
+
+class LabeledImages(Dataset):
+    def __init__(self, split: ImageSplit, transform, labels: np.ndarray, clean: np.ndarray):
+        self.split, self.transform, self.labels, self.clean = split, transform, labels, clean
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"x": self.transform(self.split.load(i)), "label": int(self.labels[i]),
+                "clean_label": int(self.clean[i]), "index": i}
+
+
+class LabeledFeatures(Dataset):
+    """Cached features, one view per epoch: `views` is (V, N, D); `view` is set at each epoch start."""
+
+    def __init__(self, views: torch.Tensor, labels: np.ndarray, clean: np.ndarray):
+        self.views, self.labels, self.clean = views, torch.as_tensor(labels), torch.as_tensor(clean)
+        self.view = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.view = epoch % self.views.shape[0]
+
+    def __len__(self) -> int:
+        return self.views.shape[1]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"x": self.views[self.view, i], "label": self.labels[i], "clean_label": self.clean[i], "index": i}
+
+
+def pixels32(split: ImageSplit) -> np.ndarray:
+    """Flattened 32x32 RGB raw pixels (float) per item: the features of Xia et al.'s instance noise."""
+    out = np.empty((len(split), 32 * 32 * 3), dtype=np.float32)
+    for i in range(len(split)):
+        im = split.load(i)
+        if im.size != (32, 32):
+            im = im.resize((32, 32))
+        out[i] = np.asarray(im, dtype=np.float32).reshape(-1)
+    return out
+
+
+class CLIPDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        name: str,
+        data_dir: str | None = None,
+        *,
+        reader_kwargs: dict | None = None,
+        shots: int | None = None,
+        val_shots: int | None = None,
+        noise=None,
+        seed: int = 1,
+        backbone: dict | None = None,
+        input: str = "features",
+        train_aug: str = "views",
+        views: int = 1,
+        aug_seed: int = 0,
+        crop_scale: tuple[float, float] = (0.08, 1.0),
+        batch_size: int = 32,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        cache_dir: str | None = None,
+        val_from: str = "val",
+        templates: list[str] | None = None,
+        device: str = "cpu",
+    ):
+        super().__init__()
+        if input not in ("features", "images"):
+            raise ValueError(f"data.input must be 'features' or 'images', got {input!r}")
+        if train_aug not in ("views", "none"):
+            raise ValueError(f"data.train_aug must be 'views' or 'none', got {train_aug!r}")
+        if val_from not in ("val", "test", "none"):
+            raise ValueError(f"data.val_from must be 'val', 'test' or 'none', got {val_from!r}")
+        self.name, self.data_dir = name, data_dir
+        self.reader_kwargs = dict(reader_kwargs or {})
+        self.shots, self.val_shots = shots, val_shots
+        self.noise, self.seed = noise, int(seed)
+        self.backbone = dict(backbone or {})
+        self.input, self.train_aug, self.views, self.aug_seed = input, train_aug, max(1, int(views)), int(aug_seed)
+        self.crop_scale = tuple(crop_scale)
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.cache_dir, self.val_from, self._templates, self.device = cache_dir, val_from, templates, device
+        self.splits: DatasetSplits | None = None
+        self.noise_result = None
+        self._ready = False
+
+    # ---- label side: pure functions of (config, seed) -------------------------------------------
+    def _dataset_id(self, pool: ImageSplit) -> str:
+        return f"{self.name}:{len(pool.classnames)}:{len(pool)}"
+
+    def _build_train(self, splits: DatasetSplits) -> tuple[ImageSplit, np.ndarray, np.ndarray]:
+        pool, C = splits.train, len(splits.classnames)
+        noise = self.noise
+        if noise is not None and noise.is_fewshot_constructing:
+            if not self.shots:
+                raise ValueError(f"noise '{noise.name}' builds a few-shot set; set data.shots (got {self.shots})")
+            fs = noise.build_fewshot(np.asarray(pool.labels), C, self.shots, self.seed, self._dataset_id(pool))
+            train = pool.subset(fs.indices, labels=fs.noisy_labels)
+            self.noise_result = fs.result
+            return train, np.asarray(fs.noisy_labels), np.asarray(fs.clean_labels)
+        train = pool.subset(sample_fewshot(pool.labels, self.shots, self.seed)) if self.shots else pool
+        given = np.asarray(train.labels, dtype=np.int64)
+        clean = np.asarray(train.clean_labels if train.clean_labels is not None else train.labels, dtype=np.int64)
+        if noise is None:
+            return train, given, clean
+        features = pixels32(train) if noise.needs_pixels else None
+        res = noise.apply(given, C, self.seed, self._dataset_id(train), features=features,
+                          superclass_of=self.reader_kwargs.get("superclass_of"), clean_labels=clean)
+        self.noise_result = res
+        return train, np.asarray(res.noisy_labels, dtype=np.int64), clean
+
+    def _build_val(self, splits: DatasetSplits, train_pool_taken: ImageSplit) -> ImageSplit | None:
+        if self.val_from == "none":
+            return None
+        if self.val_from == "test":
+            return splits.test
+        if splits.val is None:
+            return None
+        if self.shots:
+            k = self.val_shots or min(self.shots, 4)
+            return splits.val.subset(sample_fewshot(splits.val.labels, k, self.seed))
+        return splits.val
+
+    # ---- Lightning hooks ------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self._ready:
+            return
+        self.splits = read_dataset(self.name, self.data_dir, **{k: v for k, v in self.reader_kwargs.items() if k != "superclass_of"})
+        self.train_split, labels, clean = self._build_train(self.splits)
+        self.train_labels, self.train_clean = labels, clean
+        self.val_split = self._build_val(self.splits, self.train_split)
+        self.test_splits = {"test": self.splits.test, **{f"test_{k}": v for k, v in self.splits.extra_tests.items()}}
+        self._build_datasets()
+        self._ready = True
+
+    @property
+    def classnames(self) -> list[str]:
+        return self.splits.classnames
+
+    @property
+    def templates(self) -> list[str]:
+        return list(self._templates or self.splits.templates)
+
+    @property
+    def test_set_names(self) -> list[str]:
+        return list(self.test_splits)
+
+    def _transforms(self, size: int, mean, std):
+        train = train_transform(size, mean, std, self.crop_scale) if self.train_aug == "views" else test_transform(size, mean, std)
+        return train, test_transform(size, mean, std)
+
+    def _build_datasets(self) -> None:
+        from noisy_prompt.clip.factory import create_clip
+
+        bundle = create_clip(**self.backbone)
+        train_tf, test_tf = self._transforms(bundle.image_size, bundle.mean, bundle.std)
+        def clean_of(split):
+            return np.asarray(split.clean_labels if split.clean_labels is not None else split.labels)
+        if self.input == "images":
+            self.train_set = LabeledImages(self.train_split, train_tf, self.train_labels, self.train_clean)
+            self.train_eval_set = LabeledImages(self.train_split, test_tf, self.train_labels, self.train_clean)
+            self.val_set = None if self.val_split is None else LabeledImages(self.val_split, test_tf, np.asarray(self.val_split.labels), clean_of(self.val_split))
+            self.test_sets = {k: LabeledImages(s, test_tf, np.asarray(s.labels), clean_of(s)) for k, s in self.test_splits.items()}
+            return
+        from noisy_prompt.clip.features import FeatureCache
+
+        visual = bundle.model.visual.to(self.device).eval()
+        cache = FeatureCache(self.cache_dir, bundle.identity)
+
+        def encode(x):
+            return visual(x)
+
+        def feats(split, name, tf, view=0, aug_seed=None):
+            return cache.features(split, dataset=self.name, split_name=name, transform=tf, transform_id=describe(tf),
+                                  encode=encode, view=view, aug_seed=aug_seed, batch_size=self.eval_batch_size,
+                                  num_workers=self.num_workers, device=self.device)
+
+        if self.train_aug == "views":
+            views = torch.stack([feats(self.train_split, "train", train_tf, v, self.aug_seed) for v in range(self.views)])
+        else:
+            views = feats(self.train_split, "train", test_tf).unsqueeze(0)
+        self.train_set = LabeledFeatures(views, self.train_labels, self.train_clean)
+        self.train_eval_set = LabeledFeatures(feats(self.train_split, "train", test_tf).unsqueeze(0), self.train_labels, self.train_clean)
+        self.val_set = None if self.val_split is None else LabeledFeatures(feats(self.val_split, "val", test_tf).unsqueeze(0), np.asarray(self.val_split.labels), clean_of(self.val_split))
+        self.test_sets = {k: LabeledFeatures(feats(s, k, test_tf).unsqueeze(0), np.asarray(s.labels), clean_of(s)) for k, s in self.test_splits.items()}
+        del bundle, visual
+
+    def set_epoch(self, epoch: int) -> None:
+        if isinstance(self.train_set, LabeledFeatures):
+            self.train_set.set_epoch(epoch)
+
+    def _loader(self, ds, shuffle: bool, batch_size: int, drop_last: bool = False):
+        workers = self.num_workers if isinstance(ds, LabeledImages) else 0
+        gen = torch.Generator().manual_seed(self.seed)
+        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=gen,
+                          drop_last=drop_last, persistent_workers=workers > 0)
+
+    def train_dataloader(self):
+        return self._loader(self.train_set, True, self.batch_size)
+
+    def val_dataloader(self):
+        return [] if self.val_set is None else self._loader(self.val_set, False, self.eval_batch_size)
+
+    def test_dataloader(self):
+        return [self._loader(ds, False, self.eval_batch_size) for ds in self.test_sets.values()]
+
+    def train_eval_dataloader(self):
+        return self._loader(self.train_eval_set, False, self.eval_batch_size)
+
+    def noise_summary(self) -> dict:
+        out = {"protocol": getattr(self.noise, "protocol", "clean"), "rate": getattr(self.noise, "rate", 0.0),
+               "name": getattr(self.noise, "name", "clean"), "num_train": int(len(self.train_labels))}
+        out["realised_rate"] = float(np.mean(self.train_labels != self.train_clean))
+        if self.noise_result is not None:
+            out.update({k: v for k, v in self.noise_result.summary().items() if k != "realised_rate"})
+        return out

@@ -1,0 +1,42 @@
+"""Name -> reader. An explicit table (no registration by import side effects)."""
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Callable
+
+from noisy_prompt.data.base import DatasetSplits
+
+# module:function, imported lazily so a missing optional dependency only affects its own dataset.
+READERS: dict[str, str] = {
+    "synthetic": "noisy_prompt.synthetic.dataset:read_synthetic",
+    "imagenet": "noisy_prompt.data.readers.coop:read_imagenet",
+    "caltech101": "noisy_prompt.data.readers.coop:read_caltech101",
+    "oxford_pets": "noisy_prompt.data.readers.coop:read_oxford_pets",
+    "oxford_flowers": "noisy_prompt.data.readers.coop:read_oxford_flowers",
+    "food101": "noisy_prompt.data.readers.coop:read_food101",
+    "dtd": "noisy_prompt.data.readers.coop:read_dtd",
+    "ucf101": "noisy_prompt.data.readers.coop:read_ucf101",
+    "cifar100": "noisy_prompt.data.readers.fulldata:read_cifar100",
+    "cifar100n": "noisy_prompt.data.readers.fulldata:read_cifar100n",
+    "animal10n": "noisy_prompt.data.readers.fulldata:read_animal10n",
+    "webvision": "noisy_prompt.data.readers.fulldata:read_webvision",
+    "food101n": "noisy_prompt.data.readers.fulldata:read_food101n",
+    "clothing1m": "noisy_prompt.data.readers.fulldata:read_clothing1m",
+}
+
+
+def get_reader(name: str) -> Callable[..., DatasetSplits]:
+    if name not in READERS:
+        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(sorted(READERS))}")
+    module, fn = READERS[name].split(":")
+    return getattr(importlib.import_module(module), fn)
+
+
+def default_data_root() -> Path:
+    return Path(os.environ.get("NOISY_PROMPT_DATA", "./data"))
+
+
+def read_dataset(name: str, root: str | Path | None = None, **kwargs) -> DatasetSplits:
+    return get_reader(name)(Path(root) if root else default_data_root(), **kwargs)

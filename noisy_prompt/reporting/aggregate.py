@@ -1,0 +1,489 @@
+"""Collect every run's `results.json` / `failed.json` under a root and lay them out as a paper table.
+
+Runs are identified by the cell keys written inside the files (model, data, noise, backbone,
+train_data, seed), never by directory names, so any directory layout aggregates the same way.
+Each printed cell is mean ± sample std (ddof=1) over seeds, with n, the paper's number and
+Δ = ours − paper. Missing cells print "—" (never 0), failed cells print "failed".
+
+CLI: python -m noisy_prompt.aggregate <root> --table dpsep_table1 [--format md|csv|latex] [--out FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from noisy_prompt.reporting.tables import (
+    CELL_KEYS,
+    MODEL_ORDER,
+    NOISE_ORDER,
+    TABLES,
+    ColumnSpec,
+    RowSpec,
+    TableSpec,
+    get_table,
+    load_paper_numbers,
+)
+
+RESULT_FILES = ("results.json", "failed.json")
+DASH = "—"
+
+# Cell statuses (CellResult.status)
+OK, MISSING, FAILED, AMBIGUOUS, NO_METRIC, NOT_RUN = "ok", "missing", "failed", "ambiguous", "no_metric", "not_run"
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading runs
+
+
+@dataclass(frozen=True)
+class CellKey:
+    model: str
+    data: str
+    noise: str
+    backbone: str | None
+    train_data: str
+
+    def matches(self, filt: Mapping[str, str]) -> bool:
+        if any(getattr(self, k) != v for k, v in filt.items()):
+            return False
+        # In-domain unless the filter asks for a training set: keeps cross-dataset runs out of
+        # tables that evaluate where they train.
+        return "train_data" in filt or self.train_data == self.data
+
+    def sort_key(self) -> tuple[str, ...]:
+        return (self.model, self.data, self.noise, self.backbone or "", self.train_data)
+
+    def label(self) -> str:
+        text = f"{self.model}/{self.data}/{self.noise}/{self.backbone}"
+        return text if self.train_data == self.data else f"{text} (trained on {self.train_data})"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    path: Path
+    key: CellKey
+    seed: int
+    ok: bool
+    metrics: Mapping[str, Any]
+    error: str | None = None
+
+
+@dataclass
+class LoadedRuns:
+    root: Path
+    runs: list[RunRecord]  # one per (key, seed): duplicates and superseded failures removed
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _parse_run(path: Path) -> RunRecord:
+    """One results.json/failed.json; ValueError names the file and what is wrong."""
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: cannot read JSON ({err})") from None
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(payload).__name__}")
+    status = payload.get("status", "ok" if path.name == "results.json" else "failed")
+    if status not in ("ok", "failed"):
+        raise ValueError(f"{path}: status {status!r}; expected 'ok' or 'failed'")
+    cell = payload.get("cell")
+    if not isinstance(cell, dict):
+        raise ValueError(f"{path}: missing 'cell' object (expected keys {', '.join(CELL_KEYS)}, seed)")
+    missing = [k for k in ("model", "data", "noise", "seed") if cell.get(k) in (None, "")]
+    if missing:
+        raise ValueError(f"{path}: cell lacks {missing}; got {cell}")
+    try:
+        seed = int(cell["seed"])
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: cell.seed {cell['seed']!r} is not an integer") from None
+    data = str(cell["data"])
+    key = CellKey(
+        model=str(cell["model"]),
+        data=data,
+        noise=str(cell["noise"]),
+        backbone=None if cell.get("backbone") in (None, "") else str(cell["backbone"]),
+        train_data=str(cell.get("train_data") or data),
+    )
+    metrics = payload.get("metrics") or {}
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{path}: 'metrics' must be an object, got {type(metrics).__name__}")
+    ok = status == "ok"
+    return RunRecord(path=path, key=key, seed=seed, ok=ok, metrics=metrics if ok else {},
+                     error=None if ok else str(payload.get("error", "")))
+
+
+def load_runs(root: str | Path) -> LoadedRuns:
+    """Every run under `root`, one record per (cell, seed).
+
+    Duplicates of one (cell, seed) are reported and the first in sorted relative-path order is
+    kept. A success supersedes failures of the same (cell, seed) (a re-run after a crash).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"results root {root} is not a directory")
+    paths = sorted((p for name in RESULT_FILES for p in root.rglob(name) if p.is_file()),
+                   key=lambda p: _rel(p, root))
+    loaded = LoadedRuns(root=root, runs=[])
+    by_cell: dict[tuple[CellKey, int], dict[bool, list[RunRecord]]] = {}
+    for path in paths:
+        try:
+            record = _parse_run(path)
+        except ValueError as err:
+            loaded.warnings.append(f"skipped unreadable run file: {err}")
+            continue
+        by_cell.setdefault((record.key, record.seed), {True: [], False: []})[record.ok].append(record)
+    if not paths:
+        loaded.warnings.append(f"no results.json or failed.json found under {root}")
+
+    for (key, seed), groups in sorted(by_cell.items(), key=lambda kv: (kv[0][0].sort_key(), kv[0][1])):
+        oks, fails = groups[True], groups[False]
+        chosen = oks or fails
+        if len(chosen) > 1:
+            kind = "results" if oks else "failures"
+            loaded.warnings.append(
+                f"duplicate {kind} for {key.label()} seed {seed}: keeping {_rel(chosen[0].path, root)}; "
+                f"ignoring {', '.join(_rel(r.path, root) for r in chosen[1:])}"
+            )
+        if oks and fails:
+            loaded.notes.append(
+                f"{key.label()} seed {seed}: failure(s) {', '.join(_rel(r.path, root) for r in fails)} "
+                f"superseded by {_rel(oks[0].path, root)}"
+            )
+        loaded.runs.append(chosen[0])
+    return loaded
+
+
+# --------------------------------------------------------------------------------------------------
+# Aggregation
+
+
+@dataclass
+class CellResult:
+    status: str
+    metric: str
+    mean: float | None = None
+    std: float | None = None  # sample std (ddof=1); None when n < 2
+    n: int = 0
+    seeds: tuple[int, ...] = ()
+    values: tuple[float, ...] = ()
+    failed_seeds: tuple[int, ...] = ()
+    paper: float | None = None
+    keys: tuple[CellKey, ...] = ()
+    paths: tuple[Path, ...] = ()
+
+    @property
+    def diff(self) -> float | None:
+        if self.mean is None or self.paper is None:
+            return None
+        return self.mean - self.paper
+
+    @property
+    def n_failed(self) -> int:
+        return len(self.failed_seeds)
+
+
+@dataclass
+class AggregatedTable:
+    spec: TableSpec
+    root: Path
+    row_labels: list[tuple[str, ...]]
+    column_labels: list[str]
+    cells: dict[tuple[tuple[str, ...], str], CellResult]
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def cell(self, row: Sequence[str] | str, column: str) -> CellResult:
+        labels = (row,) if isinstance(row, str) else tuple(row)
+        try:
+            return self.cells[(labels, column)]
+        except KeyError:
+            raise KeyError(f"table {self.spec.name} has no cell ({labels}, {column!r})") from None
+
+    def render(self, fmt: str = "md") -> str:
+        renderers = {"md": self.to_markdown, "csv": self.to_csv, "latex": self.to_latex}
+        if fmt not in renderers:
+            raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(renderers)}")
+        return renderers[fmt]()
+
+    # ----- formats
+
+    def metric_description(self) -> str:
+        metrics = {col: cell.metric for (row, col), cell in self.cells.items() if cell.status != NOT_RUN}
+        distinct = sorted(set(metrics.values()))
+        if len(distinct) <= 1:
+            return distinct[0] if distinct else self.spec.metric
+        per_col: dict[str, set[str]] = {}
+        for (row, col), cell in self.cells.items():
+            if cell.status != NOT_RUN:
+                per_col.setdefault(col, set()).add(cell.metric)
+        return "; ".join(f"{col}: {'/'.join(sorted(ms))}" for col, ms in per_col.items())
+
+    def to_markdown(self) -> str:
+        header = [*self.spec.row_key_names, *self.column_labels]
+        lines = [
+            f"### {self.spec.name}: {self.spec.title}",
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + "|".join(["---"] * len(self.spec.row_key_names) + [":---:"] * len(self.column_labels)) + "|",
+        ]
+        for labels in self.row_labels:
+            texts = [format_cell(self.cells[(labels, c)], _MD) for c in self.column_labels]
+            lines.append("| " + " | ".join([*labels, *texts]) + " |")
+        lines += ["", self._legend(_MD)]
+        return "\n".join(lines) + "\n"
+
+    def to_latex(self) -> str:
+        k = len(self.spec.row_key_names)
+        cols = "l" * k + "c" * len(self.column_labels)
+        header = [latex_escape(h) for h in (*self.spec.row_key_names, *self.column_labels)]
+        lines = [
+            f"% {self.spec.name}: {self.spec.title}",
+            f"% {self._legend(_PLAIN)}",
+            f"\\begin{{tabular}}{{{cols}}}",
+            "\\hline",
+            " & ".join(header) + " \\\\",
+            "\\hline",
+        ]
+        for labels in self.row_labels:
+            texts = [format_cell(self.cells[(labels, c)], _LATEX) for c in self.column_labels]
+            lines.append(" & ".join([*(latex_escape(x) for x in labels), *texts]) + " \\\\")
+        lines += ["\\hline", "\\end{tabular}"]
+        return "\n".join(lines) + "\n"
+
+    def to_csv(self) -> str:
+        """Wide CSV in the paper's layout; per column: mean, std, n, n_failed, paper, diff, status.
+        Missing numbers are empty fields (status says why), so the file parses as numbers."""
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        fields = ("", "_std", "_n", "_n_failed", "_paper", "_diff", "_status")
+        writer.writerow([*self.spec.row_key_names, *(c + f for c in self.column_labels for f in fields)])
+        for labels in self.row_labels:
+            row: list[str] = list(labels)
+            for c in self.column_labels:
+                cell = self.cells[(labels, c)]
+                row += [_num(cell.mean), _num(cell.std), str(cell.n), str(cell.n_failed),
+                        _num(cell.paper), _num(cell.diff), cell.status]
+            writer.writerow(row)
+        return buf.getvalue()
+
+    def _legend(self, style: "_Style") -> str:
+        return (f"Cells: ours = mean {style.pm} sample std (ddof=1) over n seeds of {self.metric_description()}"
+                f"{style.sep}paper = published number{style.sep}{style.delta} = ours {style.minus} paper; "
+                f"{style.dash} = not found; n/a = not run by this project.")
+
+
+def _num(x: float | None) -> str:
+    return "" if x is None else repr(round(x, 6))
+
+
+@dataclass(frozen=True)
+class _Style:
+    pm: str
+    sep: str
+    delta: str
+    dash: str
+    minus: str
+
+
+_MD = _Style(pm="±", sep=" · ", delta="Δ", dash=DASH, minus="−")
+_PLAIN = _Style(pm="+-", sep=" / ", delta="diff", dash="-", minus="-")
+_LATEX = _Style(pm="$\\pm$", sep=" / ", delta="$\\Delta$", dash="---", minus="$-$")
+
+
+def format_cell(cell: CellResult, style: _Style = _MD) -> str:
+    """Human text of one cell: ours (mean ± std, n), then the paper's number and Δ when known."""
+    if cell.status == OK:
+        counts = f"n={cell.n}" + (f", {cell.n_failed} failed" if cell.n_failed else "")
+        ours = f"{cell.mean:.2f}" + (f" {style.pm} {cell.std:.2f}" if cell.std is not None else "") + f" ({counts})"
+    elif cell.status == FAILED:
+        ours = f"failed (n=0, {cell.n_failed} failed)"
+    elif cell.status == AMBIGUOUS:
+        ours = f"ambiguous ({len(cell.keys)} cells)"
+    elif cell.status == NO_METRIC:
+        ours = f"{style.dash} (no {cell.metric})"
+    elif cell.status == NOT_RUN:
+        ours = "n/a"
+    else:
+        ours = style.dash
+    if style is _LATEX:
+        ours = ours.replace("_", "\\_")
+    if cell.paper is None:
+        return ours
+    text = f"{ours}{style.sep}paper {cell.paper:.2f}"
+    diff = cell.diff
+    if diff is not None:
+        sign = "+" if diff >= 0 else style.minus
+        text += f"{style.sep}{style.delta} {sign}{abs(diff):.2f}"
+    return text
+
+
+def latex_escape(text: str) -> str:
+    out = text
+    for ch, rep in (("\\", "\\textbackslash{}"), ("&", "\\&"), ("%", "\\%"), ("$", "\\$"),
+                    ("#", "\\#"), ("_", "\\_"), ("{", "\\{"), ("}", "\\}")):
+        out = out.replace(ch, rep)
+    return out
+
+
+def _metric_value(run: RunRecord, metric: str) -> float | None:
+    value = run.metrics.get(metric)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _order_key(order: Sequence[str]):
+    rank = {v: i for i, v in enumerate(order)}
+    return lambda v: (rank.get(v, len(rank)), v)
+
+
+def _discovered_layout(spec: TableSpec, runs: Iterable[RunRecord]) -> tuple[tuple[RowSpec, ...], tuple[ColumnSpec, ...]]:
+    d = spec.discover
+    assert d is not None
+    hits = [r.key for r in runs if r.key.matches(d.match)]
+    row_vals = sorted({getattr(k, d.row_key) for k in hits}, key=_order_key(MODEL_ORDER if d.row_key == "model" else ()))
+    col_vals = sorted({getattr(k, d.col_key) for k in hits}, key=_order_key(NOISE_ORDER if d.col_key == "noise" else ()))
+    rows = tuple(RowSpec((str(v),), {d.row_key: v, **d.match}) for v in row_vals)
+    cols = tuple(ColumnSpec(str(v), {d.col_key: v}) for v in col_vals)
+    return rows, cols
+
+
+def _aggregate_cell(runs: Sequence[RunRecord], metric: str, paper: float | None) -> CellResult:
+    keys = tuple(sorted({r.key for r in runs}, key=CellKey.sort_key))
+    paths = tuple(r.path for r in runs)
+    if not runs:
+        return CellResult(status=MISSING, metric=metric, paper=paper)
+    if len(keys) > 1:
+        return CellResult(status=AMBIGUOUS, metric=metric, paper=paper, keys=keys, paths=paths)
+    failed = tuple(sorted(r.seed for r in runs if not r.ok))
+    measured = sorted((r.seed, v) for r in runs if r.ok and (v := _metric_value(r, metric)) is not None)
+    if not measured:
+        status = FAILED if failed and not any(r.ok for r in runs) else NO_METRIC
+        return CellResult(status=status, metric=metric, paper=paper, failed_seeds=failed, keys=keys, paths=paths)
+    values = tuple(v for _, v in measured)
+    return CellResult(
+        status=OK, metric=metric, mean=statistics.fmean(values),
+        std=statistics.stdev(values) if len(values) > 1 else None,
+        n=len(values), seeds=tuple(s for s, _ in measured), values=values, failed_seeds=failed,
+        paper=paper, keys=keys, paths=paths,
+    )
+
+
+def aggregate_runs(loaded: LoadedRuns, table: str | TableSpec, *, backbone: str | None = None) -> AggregatedTable:
+    """Lay out already-loaded runs as one table. `backbone` restricts every cell whose filter does
+    not name a backbone itself (useful when several backbones were run for the same table)."""
+    spec = get_table(table) if isinstance(table, str) else table
+    paper = load_paper_numbers(spec)
+    if spec.discover is not None:
+        rows, columns = _discovered_layout(spec, loaded.runs)
+    else:
+        rows, columns = spec.rows, spec.columns
+    result = AggregatedTable(spec=spec, root=loaded.root, row_labels=[r.labels for r in rows],
+                             column_labels=[c.label for c in columns], cells={},
+                             warnings=list(loaded.warnings), notes=list(loaded.notes))
+    for row in rows:
+        for col in columns:
+            metric = spec.cell_metric(row, col)
+            number = paper.get(row.labels, {}).get(col.label)
+            filt = spec.cell_filter(row, col)
+            if filt is None:
+                result.cells[(row.labels, col.label)] = CellResult(status=NOT_RUN, metric=metric, paper=number)
+                continue
+            if backbone is not None:
+                filt.setdefault("backbone", backbone)
+            matching = [r for r in loaded.runs if r.key.matches(filt)]
+            cell = _aggregate_cell(matching, metric, number)
+            where = f"{spec.name} [{'/'.join(row.labels)} | {col.label}]"
+            if cell.status == AMBIGUOUS:
+                result.warnings.append(
+                    f"{where}: runs of {len(cell.keys)} different cells match "
+                    f"({'; '.join(k.label() for k in cell.keys)}); pass --backbone to choose"
+                )
+            elif cell.status == NO_METRIC:
+                result.warnings.append(f"{where}: {len(matching)} run(s) found but none reports '{metric}'")
+            elif cell.status == OK and cell.n < sum(r.ok for r in matching):
+                result.warnings.append(
+                    f"{where}: {sum(r.ok for r in matching) - cell.n} successful run(s) lack '{metric}'"
+                )
+            result.cells[(row.labels, col.label)] = cell
+    if spec.discover is not None and not rows:
+        result.warnings.append(f"{spec.name}: no runs match {dict(spec.discover.match)}")
+    return result
+
+
+def aggregate(root: str | Path, table: str | TableSpec, *, backbone: str | None = None) -> AggregatedTable:
+    """Glob every results.json/failed.json under `root` and lay them out as `table`."""
+    return aggregate_runs(load_runs(root), table, backbone=backbone)
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m noisy_prompt.aggregate",
+        description="Aggregate results.json files into a paper table (mean ± std over seeds, paper numbers beside).",
+    )
+    parser.add_argument("root", type=Path, nargs="?", help="directory searched recursively for results.json/failed.json")
+    parser.add_argument("--table", default=None, help=f"one of: {', '.join(TABLES)}, or 'all' (md/latex only)")
+    parser.add_argument("--format", choices=("md", "csv", "latex"), default="md")
+    parser.add_argument("--out", type=Path, default=None, help="write here instead of stdout")
+    parser.add_argument("--backbone", default=None, help="use only runs with this backbone (where the table does not fix one)")
+    parser.add_argument("--strict", action="store_true", help="exit with status 1 when there are warnings")
+    parser.add_argument("--list", action="store_true", help="list the known tables and exit")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list:
+        for name, spec in TABLES.items():
+            print(f"{name}\t{spec.title}")
+        return 0
+    if args.root is None or args.table is None:
+        parser.error("a results root and --table are required (or --list)")
+    if args.table != "all" and args.table not in TABLES:
+        parser.error(f"unknown table {args.table!r}; known: {', '.join(TABLES)}, all")
+    if args.table == "all" and args.format == "csv":
+        parser.error("--table all cannot be written as one CSV; pick one table")
+    try:
+        loaded = load_runs(args.root)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    names = list(TABLES) if args.table == "all" else [args.table]
+    tables = [aggregate_runs(loaded, name, backbone=args.backbone) for name in names]
+    text = "\n".join(t.render(args.format) for t in tables)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    warnings = list(dict.fromkeys(w for t in tables for w in t.warnings))
+    for note in loaded.notes:
+        print(f"note: {note}", file=sys.stderr)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 1 if (args.strict and warnings) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,80 @@
+"""Files a finished run leaves beside results.json (rank 0): figures as PNG, per-class accuracy, and the
+same figures on W&B when a W&B logger is active."""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def _test_embedding(module, dm, max_points: int = 2000) -> tuple[np.ndarray, np.ndarray] | None:
+    ds = dm.test_sets.get("test")
+    if ds is None or not hasattr(ds, "views"):
+        return None
+    feats = ds.views[0][:max_points]
+    return torch.nn.functional.normalize(feats.float(), dim=-1).numpy(), ds.labels[:max_points].numpy()
+
+
+def save_run_artifacts(cfg, module, dm, run_dir: Path, loggers: list) -> dict[str, Path]:
+    from noisy_prompt.reporting import figures
+
+    run_dir = Path(run_dir)
+    names = dm.classnames
+    saved: dict[str, Path] = {}
+    for set_name, report in module.test_report.items():
+        with open(run_dir / f"per_class_{set_name}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["class_index", "class_name", "accuracy"])
+            for i, (n, a) in enumerate(zip(names, report["per_class"])):
+                w.writerow([i, n, f"{a:.4f}"])
+    noise = dm.noise_summary()
+    (run_dir / "noise.json").write_text(json.dumps(noise, default=float))
+    if not cfg.get("figures", True):
+        return saved
+    fig_dir = run_dir / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    try:
+        rep = module.test_report.get("test")
+        if rep:
+            saved["confusion"] = fig_dir / "confusion_test.png"
+            figures.save_confusion_matrix(np.asarray(rep["confusion"]), names, saved["confusion"])
+            saved["per_class"] = fig_dir / "per_class_test.png"
+            figures.save_per_class_accuracy(np.asarray(rep["per_class"]), names, saved["per_class"])
+        if noise.get("transition") is not None:
+            saved["transition"] = fig_dir / "noise_transition.png"
+            figures.save_transition_matrix(np.asarray(noise["transition"]), names, saved["transition"])
+        emb = _test_embedding(module, dm)
+        if emb is not None:
+            saved["embedding"] = fig_dir / "image_features_test.png"
+            figures.save_feature_embedding(emb[0], emb[1], saved["embedding"])
+        history = getattr(module, "history", None)
+        if history:
+            saved["curves"] = fig_dir / "curves.png"
+            figures.save_curves(history, saved["curves"])
+    except Exception:  # a plotting problem must not lose the run's numbers
+        log.exception("saving figures failed")
+    _log_to_wandb(loggers, saved, module, names, noise)
+    return saved
+
+
+def _log_to_wandb(loggers, saved, module, names, noise) -> None:
+    wandb_loggers = [lg for lg in loggers if type(lg).__name__ == "WandbLogger"]
+    if not wandb_loggers:
+        return
+    import wandb
+
+    run = wandb_loggers[0].experiment
+    payload = {f"figures/{k}": wandb.Image(str(p)) for k, p in saved.items() if Path(p).is_file()}
+    rep = module.test_report.get("test")
+    if rep:
+        payload["test/per_class"] = wandb.Table(columns=["class", "accuracy"], data=[[n, a] for n, a in zip(names, rep["per_class"])])
+    if noise.get("transition") is not None:
+        payload["noise/transition"] = wandb.Table(columns=["clean"] + list(names),
+                                                  data=[[n] + list(r) for n, r in zip(names, noise["transition"])])
+    run.log(payload)

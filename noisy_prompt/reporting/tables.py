@@ -1,0 +1,322 @@
+"""The papers' tables as data: which runs and which metric feed each printed cell.
+
+A table cell is found by merging its row's `match` with its column's `match` into one filter over
+the cell keys that every run writes into `results.json` (`model`, `data`, `noise`, `backbone`,
+`train_data`). A key absent from the filter matches any value, except `train_data`, which defaults
+to "equal to `data`" so that in-domain tables never pick up cross-dataset runs (DP-SEP Table 3 asks
+for `train_data` explicitly). The metric comes from the row, else the column, else the table.
+
+The published numbers live in `paper_tables/*.csv` (copied verbatim from the papers' tables, with
+their comments), loaded by `load_paper_numbers`. Row labels of a spec are the CSV's key columns;
+column labels are the CSV's value columns, so the two line up by name.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Mapping
+
+# Keys a filter may constrain; they are the fields of `results.json["cell"]` that identify a cell.
+CELL_KEYS: tuple[str, ...] = ("model", "data", "noise", "backbone", "train_data")
+
+# Orders used when a table discovers its rows/columns from the results (synthetic_mini).
+MODEL_ORDER: tuple[str, ...] = (
+    "zeroshot", "coop", "ptnl", "dp", "sep", "sep_no_perturbation", "dpsep",
+    "tango_linear_visual", "tango_visual_only", "tango_semantic_only", "tango_trainable_anchors",
+    "tango_simple_prompts", "tango",
+)
+NOISE_ORDER: tuple[str, ...] = (
+    "clean", "sym12.5", "sym25", "sym40", "sym50", "sym60", "sym65", "sym80",
+    "inst20", "inst40", "inst60", "inst80", "asym30", "real",
+)
+
+ACC = "test/acc"  # DP-SEP reports the last epoch
+ACC_BEST = "test/acc_best"  # TANGO reports the best epoch
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """One printed row. `labels` are the values of the table's key columns (as in the paper CSV).
+
+    `match=None` marks a row the paper has and this project does not run (e.g. DivideMix): it is
+    printed with the paper's numbers only.
+    """
+
+    labels: tuple[str, ...]
+    match: Mapping[str, str] | None
+    metric: str | None = None
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    label: str
+    match: Mapping[str, str] = field(default_factory=dict)
+    metric: str | None = None
+
+
+@dataclass(frozen=True)
+class DiscoverSpec:
+    """Rows and columns taken from the results themselves: every value of `row_key` x `col_key`
+    among the runs that satisfy `match`, ordered by MODEL_ORDER/NOISE_ORDER, then alphabetically."""
+
+    row_key: str
+    col_key: str
+    match: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    title: str
+    paper_csv: str | None  # file name under reporting/paper_tables/, or None
+    row_key_names: tuple[str, ...]
+    rows: tuple[RowSpec, ...]
+    columns: tuple[ColumnSpec, ...]
+    metric: str
+    discover: DiscoverSpec | None = None
+
+    def cell_filter(self, row: RowSpec, column: ColumnSpec) -> dict[str, str] | None:
+        """The merged filter of one cell; None for a paper-only row. Conflicts are spec bugs."""
+        if row.match is None:
+            return None
+        merged = dict(column.match)
+        for key, value in row.match.items():
+            if key in merged and merged[key] != value:
+                raise ValueError(
+                    f"table {self.name}: row {row.labels} sets {key}={value!r} but column "
+                    f"{column.label!r} sets {key}={merged[key]!r}"
+                )
+            merged[key] = value
+        unknown = set(merged) - set(CELL_KEYS)
+        if unknown:
+            raise ValueError(f"table {self.name}: unknown cell keys {sorted(unknown)}; expected a subset of {CELL_KEYS}")
+        return merged
+
+    def cell_metric(self, row: RowSpec, column: ColumnSpec) -> str:
+        return row.metric or column.metric or self.metric
+
+
+# --------------------------------------------------------------------------------------------------
+# Paper numbers
+
+
+def read_paper_csv(name: str) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of a packaged paper CSV; lines starting with '#' are comments."""
+    text = resources.files(__package__).joinpath("paper_tables", name).read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    parsed = list(csv.reader(io.StringIO("\n".join(lines))))
+    if not parsed:
+        raise ValueError(f"paper table {name}: no header line")
+    header, body = parsed[0], parsed[1:]
+    for i, row in enumerate(body):
+        if len(row) != len(header):
+            raise ValueError(f"paper table {name}: data row {i + 1} has {len(row)} fields, header has {len(header)}")
+    return header, body
+
+
+def load_paper_numbers(spec: TableSpec) -> dict[tuple[str, ...], dict[str, float]]:
+    """{row labels: {column label: published number}} for a spec; empty when it has no paper CSV."""
+    if spec.paper_csv is None:
+        return {}
+    header, body = read_paper_csv(spec.paper_csv)
+    k = len(spec.row_key_names)
+    if tuple(header[:k]) != spec.row_key_names:
+        raise ValueError(
+            f"table {spec.name}: paper CSV {spec.paper_csv} key columns {header[:k]} != spec {list(spec.row_key_names)}"
+        )
+    numbers: dict[tuple[str, ...], dict[str, float]] = {}
+    for row in body:
+        labels = tuple(row[:k])
+        try:
+            numbers[labels] = {col: float(val) for col, val in zip(header[k:], row[k:]) if val.strip()}
+        except ValueError as err:
+            raise ValueError(f"paper table {spec.paper_csv}: row {labels}: {err}") from None
+    return numbers
+
+
+# --------------------------------------------------------------------------------------------------
+# The tables
+
+DPSEP_NOISES = ("sym12.5", "sym25", "sym50", "sym65", "sym80", "inst20", "inst40", "inst60", "inst80")
+DPSEP_T1_DATASETS = ("imagenet", "caltech101", "oxford_pets", "oxford_flowers", "food101", "dtd", "ucf101")
+DPSEP_T3_DATASETS = ("oxford_pets", "food101", "dtd", "ucf101")
+DPSEP_METHODS = ("ptnl", "dpsep")
+
+
+def _noise_columns(noises: tuple[str, ...]) -> tuple[ColumnSpec, ...]:
+    return tuple(ColumnSpec(n, {"noise": n}) for n in noises)
+
+
+def _model_rows(models: tuple[str, ...], **match: str) -> tuple[RowSpec, ...]:
+    return tuple(RowSpec((m,), {"model": m, **match}) for m in models)
+
+
+DPSEP_TABLE1 = TableSpec(
+    name="dpsep_table1",
+    title="DP-SEP Table 1: synthetic noise on few-shot datasets (last-epoch test acc, %)",
+    paper_csv="dpsep_table1_synthetic.csv",
+    row_key_names=("dataset", "method"),
+    rows=tuple(RowSpec((d, m), {"data": d, "model": m}) for d in DPSEP_T1_DATASETS for m in DPSEP_METHODS),
+    columns=_noise_columns(DPSEP_NOISES),
+    metric=ACC,
+)
+
+DPSEP_TABLE2 = TableSpec(
+    name="dpsep_table2",
+    title="DP-SEP Table 2: real noise (WebVision -> WebVision/ILSVRC12 val; Food-101N -> Food-101 test)",
+    paper_csv="dpsep_table2_real.csv",
+    row_key_names=("method",),
+    rows=_model_rows(DPSEP_METHODS),
+    columns=(
+        ColumnSpec("webvision_top1", {"data": "webvision", "noise": "real"}, "test/acc"),
+        ColumnSpec("webvision_top5", {"data": "webvision", "noise": "real"}, "test/acc_top5"),
+        ColumnSpec("ilsvrc12_top1", {"data": "webvision", "noise": "real"}, "test_ilsvrc12/acc"),
+        ColumnSpec("ilsvrc12_top5", {"data": "webvision", "noise": "real"}, "test_ilsvrc12/acc_top5"),
+        ColumnSpec("food101n_top1", {"data": "food101n", "noise": "real"}, "test/acc"),
+    ),
+    metric=ACC,
+)
+
+DPSEP_TABLE3 = TableSpec(
+    name="dpsep_table3",
+    title="DP-SEP Table 3: cross-dataset (prompts trained on noisy ImageNet, tested on the row's dataset)",
+    paper_csv="dpsep_table3_cross_dataset.csv",
+    row_key_names=("dataset", "method"),
+    rows=tuple(
+        RowSpec((d, m), {"data": d, "train_data": "imagenet", "model": m})
+        for d in DPSEP_T3_DATASETS for m in DPSEP_METHODS
+    ),
+    columns=_noise_columns(DPSEP_NOISES),
+    metric=ACC,
+)
+
+DPSEP_TABLE4 = TableSpec(
+    name="dpsep_table4",
+    title="DP-SEP Table 4: ablation on OxfordPets, symmetric noise (last-epoch test acc, %)",
+    paper_csv="dpsep_table4_ablation.csv",
+    row_key_names=("method",),
+    rows=_model_rows(("ptnl", "dp", "sep_no_perturbation", "sep", "dpsep"), data="oxford_pets"),
+    columns=_noise_columns(("sym12.5", "sym25", "sym50", "sym65", "sym80")),
+    metric=ACC,
+)
+
+TANGO_TABLE1 = TableSpec(
+    name="tango_table1",
+    title="TANGO Table 1: CIFAR-100 synthetic noise (best test acc, %)",
+    paper_csv="tango_table1_cifar100_synthetic.csv",
+    row_key_names=("method",),
+    rows=(
+        RowSpec(("dividemix",), None),
+        RowSpec(("ssr",), None),
+        RowSpec(("lsl",), None),
+        RowSpec(("deft",), None),
+        RowSpec(("tango",), {"model": "tango", "data": "cifar100"}),
+    ),
+    columns=_noise_columns(("sym40", "sym60", "inst40", "asym30")),
+    metric=ACC_BEST,
+)
+
+TANGO_REAL_DATASETS = ("cifar100n", "animal10n", "webvision", "food101n")
+
+TANGO_TABLE2 = TableSpec(
+    name="tango_table2",
+    title="TANGO Table 2: real-world noise (best test acc, %)",
+    paper_csv="tango_table2_real.csv",
+    row_key_names=("method",),
+    rows=(
+        RowSpec(("ssr",), None),
+        RowSpec(("lsl",), None),
+        RowSpec(("deft",), None),
+        RowSpec(("tango",), {"model": "tango"}),
+    ),
+    columns=tuple(ColumnSpec(d, {"data": d, "noise": "real"}) for d in TANGO_REAL_DATASETS),
+    metric=ACC_BEST,
+)
+
+# Paper ablation row -> our model name.
+TANGO_VARIANTS: tuple[tuple[str, str], ...] = (
+    ("baseline_linear_head_visual_only", "tango_linear_visual"),
+    ("tango", "tango"),
+    ("visual_only_purification", "tango_visual_only"),
+    ("semantic_only_purification", "tango_semantic_only"),
+    ("trainable_anchors", "tango_trainable_anchors"),
+    ("simpler_prompts", "tango_simple_prompts"),
+)
+
+TANGO_TABLE3 = TableSpec(
+    name="tango_table3",
+    title="TANGO Table 3: ablation on CIFAR-100 (synthetic) and CIFAR-100N (best test acc, %)",
+    paper_csv="tango_table3_ablation.csv",
+    row_key_names=("variant",),
+    rows=tuple(RowSpec((variant,), {"model": model}) for variant, model in TANGO_VARIANTS),
+    columns=(
+        ColumnSpec("sym40", {"data": "cifar100", "noise": "sym40"}),
+        ColumnSpec("inst40", {"data": "cifar100", "noise": "inst40"}),
+        ColumnSpec("asym30", {"data": "cifar100", "noise": "asym30"}),
+        ColumnSpec("cifar100n", {"data": "cifar100n", "noise": "real"}),
+    ),
+    metric=ACC_BEST,
+)
+
+TANGO_TABLE4 = TableSpec(
+    name="tango_table4",
+    title="TANGO Table 4: backbones on CIFAR-100N (best test acc, %)",
+    paper_csv="tango_table4_backbones.csv",
+    row_key_names=("backbone",),
+    rows=tuple(RowSpec((b,), {"model": "tango", "backbone": b}) for b in ("vit_b16", "vit_b32", "siglip")),
+    columns=(ColumnSpec("cifar100n", {"data": "cifar100n", "noise": "real"}),),
+    metric=ACC_BEST,
+)
+
+SYNTHETIC_MINI = TableSpec(
+    name="synthetic_mini",
+    title="Synthetic data: every model x noise found (last-epoch test acc, %)",
+    paper_csv=None,
+    row_key_names=("model",),
+    rows=(),
+    columns=(),
+    metric=ACC,
+    discover=DiscoverSpec(row_key="model", col_key="noise", match={"data": "synthetic"}),
+)
+
+SYNTHETIC_DPSEP = TableSpec(
+    name="synthetic_dpsep",
+    title="Synthetic evidence for DP-SEP's claims (last-epoch test acc, %)",
+    paper_csv=None,
+    row_key_names=("model",),
+    rows=_model_rows(("zeroshot", "coop", "ptnl", "dp", "sep", "sep_no_perturbation", "dpsep"), data="synthetic"),
+    columns=_noise_columns(("clean", "sym50", "sym80", "inst60")),
+    metric=ACC,
+)
+
+SYNTHETIC_TANGO = TableSpec(
+    name="synthetic_tango",
+    title="Synthetic evidence for TANGO's claims (best test acc, %; zero-shot: its single evaluation)",
+    paper_csv=None,
+    row_key_names=("model",),
+    rows=(
+        # Zero-shot has no epochs, so its only accuracy is test/acc.
+        RowSpec(("zeroshot",), {"model": "zeroshot", "data": "synthetic"}, metric=ACC),
+        *_model_rows(("tango_linear_visual", "tango_visual_only", "tango_semantic_only", "tango"), data="synthetic"),
+    ),
+    columns=_noise_columns(("sym40", "sym60", "inst40", "asym30")),
+    metric=ACC_BEST,
+)
+
+TABLES: dict[str, TableSpec] = {
+    spec.name: spec
+    for spec in (
+        DPSEP_TABLE1, DPSEP_TABLE2, DPSEP_TABLE3, DPSEP_TABLE4,
+        TANGO_TABLE1, TANGO_TABLE2, TANGO_TABLE3, TANGO_TABLE4,
+        SYNTHETIC_MINI, SYNTHETIC_DPSEP, SYNTHETIC_TANGO,
+    )
+}
+
+
+def get_table(name: str) -> TableSpec:
+    try:
+        return TABLES[name]
+    except KeyError:
+        raise KeyError(f"unknown table {name!r}; known tables: {', '.join(TABLES)}") from None
