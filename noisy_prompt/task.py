@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from noisy_prompt.config import cell_keys, config_hash, ctor_kwargs
@@ -32,16 +32,16 @@ def build_datamodule(cfg: DictConfig):
     kwargs = ctor_kwargs(cfg, "data")
     target = kwargs.pop("_target_")
     backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
-    return instantiate({"_target_": target}, **kwargs, noise=noise, backbone=backbone, seed=int(cfg.seed),
-                       _convert_="all")
+    # Called directly, not through instantiate: Hydra would turn the NoiseSpec dataclass back into a dict.
+    return get_class(target)(**kwargs, noise=noise, backbone=backbone, seed=int(cfg.seed))
 
 
 def build_module(cfg: DictConfig, dm):
     kwargs = ctor_kwargs(cfg, "model")
     target = kwargs.pop("_target_")
-    return instantiate({"_target_": target}, **kwargs, backbone=OmegaConf.to_container(cfg.backbone, resolve=True),
-                       classnames=dm.classnames, templates=dm.templates, test_sets=dm.test_set_names,
-                       seed=int(cfg.seed), _convert_="all")
+    return get_class(target)(**kwargs, backbone=OmegaConf.to_container(cfg.backbone, resolve=True),
+                             classnames=dm.classnames, templates=dm.templates, test_sets=dm.test_set_names,
+                             seed=int(cfg.seed))
 
 
 def finish_loggers(loggers: list) -> None:

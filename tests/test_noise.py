@@ -13,7 +13,6 @@ from noisy_prompt.noise import (
     CIFAR100_COARSE_NAMES,
     CIFAR100_FINE_NAMES,
     CIFAR100_SUPERCLASS,
-    NoiseResult,
     NoiseSpec,
     asym_cyclic_noise,
     asym_superclass_noise,
@@ -209,9 +208,10 @@ def test_inst_on_raw_pixels_flips_to_the_argmax_of_the_projection():
     res = inst_noise(y, c, rate, seed, ds, feats)
     flipped = res.noisy_labels != y
     assert flipped.sum() > 200
-    w = {k: noise_rng("inst_projection", rate, seed, f"{ds}|class={k}").standard_normal((d, c)) for k in range(c)}
+    w = {k: noise_rng("inst_projection", rate, seed, f"{ds}|class={k}").standard_normal((d, c), dtype=np.float32)
+         for k in range(c)}
     for i in np.flatnonzero(flipped):
-        scores = feats[i] @ w[int(y[i])]
+        scores = feats[i] @ w[int(y[i])].astype(np.float64)
         scores[y[i]] = -np.inf
         assert res.noisy_labels[i] == int(np.argmax(scores))
 

@@ -120,9 +120,9 @@ class CLIPDataModule(L.LightningDataModule):
             if not self.shots:
                 raise ValueError(f"noise '{noise.name}' builds a few-shot set; set data.shots (got {self.shots})")
             fs = noise.build_fewshot(np.asarray(pool.labels), C, self.shots, self.seed, self._dataset_id(pool))
-            train = pool.subset(fs.indices, labels=fs.noisy_labels)
+            train = pool.subset(fs.indices, labels=fs.labels)
             self.noise_result = fs.result
-            return train, np.asarray(fs.noisy_labels), np.asarray(fs.clean_labels)
+            return train, np.asarray(fs.labels, dtype=np.int64), np.asarray(fs.true_labels, dtype=np.int64)
         train = pool.subset(sample_fewshot(pool.labels, self.shots, self.seed)) if self.shots else pool
         given = np.asarray(train.labels, dtype=np.int64)
         clean = np.asarray(train.clean_labels if train.clean_labels is not None else train.labels, dtype=np.int64)

@@ -61,10 +61,10 @@ def default_data_root() -> Path:
     return Path(os.environ.get("NOISY_PROMPT_DATA") or "data")
 
 
-def named_splits(splits: DatasetSplits) -> list[tuple[str, ImageSplit]]:
+def named_splits(splits: DatasetSplits, *, keep_none: bool = False) -> list[tuple[str, ImageSplit | None]]:
     parts = [("train", splits.train), ("val", splits.val), ("test", splits.test)]
     parts += [(f"test[{k}]", v) for k, v in splits.extra_tests.items()]
-    return [(n, s) for n, s in parts if s is not None]
+    return [(n, s) for n, s in parts if keep_none or s is not None]
 
 
 def missing_images(splits: DatasetSplits) -> list[str]:
@@ -96,10 +96,11 @@ def verify(name: str, data_root: Path, *, check_images: bool = True, out: TextIO
             print(f"[FAIL] {name}{more}: {error}", file=out)
             return False
     print(f"[ok] {name} under {data_root}: {len(splits.classnames)} classes", file=out)
-    for part, split in named_splits(splits):
-        print(f"  {part}: {len(split)} images, {len(set(split.labels))} classes", file=out)
-    if splits.val is None:
-        print("  val: none (few-shot val is drawn from train)", file=out)
+    for part, split in named_splits(splits, keep_none=True):
+        if split is None:
+            print(f"  {part}: none (a few-shot val is drawn from train)", file=out)
+        else:
+            print(f"  {part}: {len(split)} images, {len(set(split.labels))} classes", file=out)
     return True
 
 

@@ -54,6 +54,7 @@ class ClassifierModule(L.LightningModule):
         self.test_metrics = nn.ModuleDict({name: _test_metrics(self.num_classes) for name in self.test_set_names})
         self.test_report: dict[str, dict[str, Any]] = {}
         self.val_history: list[float] = []
+        self.history: dict[str, list[float]] = {}  # per-epoch means of train/* metrics, for the curves figure
 
     # ---- features ---------------------------------------------------------------------------------
     @property
@@ -109,6 +110,11 @@ class ClassifierModule(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and hasattr(dm, "set_epoch"):
             dm.set_epoch(self.current_epoch)
+
+    def on_train_epoch_end(self) -> None:
+        for key, value in self.trainer.callback_metrics.items():
+            if key.startswith("train/"):
+                self.history.setdefault(key, []).append(float(value))
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

@@ -34,6 +34,12 @@ def _to_numpy(x: Any, name: str) -> np.ndarray:
     return arr
 
 
+def _as_list(x: Any) -> list[float]:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return [float(v) for v in np.asarray(x, dtype=np.float64).reshape(-1)]
+
+
 def _classnames(classnames: Sequence[str] | None, num_classes: int, name: str) -> list[str]:
     if classnames is None:
         return [str(i) for i in range(num_classes)]
@@ -228,7 +234,8 @@ def save_curves(history: Mapping[str, Sequence[float]], path: str | Path, *, tit
     for i, (quantity, keys) in enumerate(panels.items()):
         ax = fig.add_subplot(nrows, ncols, i + 1)
         for key in keys:
-            values = _to_numpy(list(history[key]), f"history[{key!r}]").reshape(-1)
+            values = np.asarray(_as_list(history[key]), dtype=np.float64).reshape(-1)
+            values[~np.isfinite(values)] = np.nan  # a diverged epoch is a gap, not a crash
             ax.plot(np.arange(1, values.size + 1), values, marker="o" if values.size <= 30 else None,
                     markersize=3, label=key)
         ax.set_xlabel("epoch")

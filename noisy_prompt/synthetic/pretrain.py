@@ -297,7 +297,7 @@ def train(cfg: PretrainConfig, *, fresh: bool = False, progress: bool = True) ->
     if mean is None:
         mean, std = image_stats(cfg)
 
-    tokenizer = open_clip.get_tokenizer("RN50", context_length=MODEL_CFG["text_cfg"]["context_length"])
+    tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=MODEL_CFG["text_cfg"]["context_length"])
     tokens = CaptionTokens(tokenizer)
     loss_fn = ClipLoss()
     model.train()
@@ -345,7 +345,7 @@ def train(cfg: PretrainConfig, *, fresh: bool = False, progress: bool = True) ->
     return metrics
 
 
-def parse_args(argv: Sequence[str] | None = None) -> tuple[PretrainConfig, bool]:
+def parse_args(argv: Sequence[str] | None = None) -> tuple[PretrainConfig, bool, bool]:
     d = PretrainConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=d.out, help="output folder (default: the committed weights)")
@@ -375,7 +375,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[PretrainConfig, bool]
         p_mention_other=a.p_mention_other, p_random_prefix=a.p_random_prefix, max_random_prefix=a.max_random_prefix,
         eval_per_class=a.eval_per_class,
     )
-    return cfg, a.fresh or False, a.no_progress
+    return cfg, a.fresh, a.no_progress
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -282,10 +282,13 @@ def read_webvision(root: Path | str) -> DatasetSplits:
     data_root = Path(root)
     ds = data_root / "webvision"
     train_list, val_list = ds / "info" / "train_filelist_google.txt", ds / "info" / "val_filelist.txt"
-    ilsvrc_dirs = [ds / "imagenet" / "val" / str(c) for c in range(WEBVISION_NUM_CLASSES)]
+    ilsvrc_root = ds / "imagenet" / "val"
+    ilsvrc_dirs = [ilsvrc_root / str(c) for c in range(WEBVISION_NUM_CLASSES)]
+    # a wholly absent ILSVRC12 val is one missing folder, not 50
+    ilsvrc_required = ilsvrc_dirs if ilsvrc_root.is_dir() else [ilsvrc_root]
     require_paths(
         "webvision", data_root,
-        [train_list, val_list, ds / "google", ds / "val_images_256", *ilsvrc_dirs],
+        [train_list, val_list, ds / "google", ds / "val_images_256", *ilsvrc_required],
         WEBVISION_LAYOUT, WEBVISION_SOURCE,
     )
     names = list(WEBVISION_CLASSNAMES)
@@ -312,7 +315,7 @@ FOOD101N_DIRS = ("food-101n", "Food-101N")
 FOOD101N_LAYOUT = """
 <data root>/food-101n/images/<class>/*.jpg    (or <data root>/Food-101N/images/...; folder = noisy label,
                                                class folders named as Food-101's, e.g. apple_pie)
-""" + split_layout("food101") + "(the Food-101 test split of split_zhou_Food101.json is the test set; class order = Food-101's)\n"
+""" + split_layout("food101").lstrip("\n") + "(the Food-101 test split of split_zhou_Food101.json is the test set; class order = Food-101's)\n"
 FOOD101N_SOURCE = (
     "Food-101N from https://kuanghuei.github.io/Food-101N/ (extract Food-101N_release/ and rename it "
     "food-101n/) ; Food-101 + split_zhou_Food101.json as for data=food101 "
