@@ -133,6 +133,7 @@ def test_failed_cells_are_shown(tmp_path):
     md = table.to_markdown()
     assert "failed (n=0, 2 failed) · paper 74.70" in md_row(md, "ptnl")
     assert "85.00 (n=1, 1 failed)" in md_row(md, "dpsep")
+    assert any("ptnl | sym50]: seed(s) 1, 2 failed: CUDA out of memory" in w for w in table.warnings)
 
 
 def test_success_supersedes_failure_of_same_seed(tmp_path):
@@ -169,9 +170,9 @@ def test_metric_choice_per_table(tmp_path):
     for seed, (last, best) in enumerate([(80.0, 82.0), (81.0, 84.0)], start=1):
         write_run(tmp_path, f"t{seed}", model="tango", data="cifar100", noise="sym40", seed=seed,
                   metrics={"test/acc": last, "test/acc_best": best}, backbone="vit_b16")
-    write_run(tmp_path, "zs", model="zeroshot", data="synthetic", noise="sym40", seed=1,
+    write_run(tmp_path, "zs", model="zeroshot", data="synthetic_full", noise="sym40", seed=1,
               metrics={"test/acc": 50.0}, backbone="synthetic")
-    write_run(tmp_path, "syn", model="tango", data="synthetic", noise="sym40", seed=1,
+    write_run(tmp_path, "syn", model="tango", data="synthetic_full", noise="sym40", seed=1,
               metrics={"test/acc": 60.0, "test/acc_best": 65.0}, backbone="synthetic")
     assert aggregate(tmp_path, "tango_table1").cell("tango", "sym40").mean == pytest.approx(83.0)
     syn = aggregate(tmp_path, "synthetic_tango")
@@ -313,7 +314,8 @@ def test_synthetic_evidence_tables_layout():
         "zeroshot", "tango_linear_visual", "tango_visual_only", "tango_semantic_only", "tango"]
     assert [c.label for c in tango.columns] == ["sym40", "sym60", "inst40", "asym30"]
     assert tango.metric == "test/acc_best"
-    assert all(r.match["data"] == "synthetic" for r in (*dpsep.rows, *tango.rows))
+    assert all(r.match["data"] == "synthetic" for r in dpsep.rows)
+    assert all(r.match["data"] == "synthetic_full" for r in tango.rows)  # TANGO trains on full data
 
 
 # ------------------------------------------------------------------------------------------------ CLI

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from noisy_prompt.data.base import DatasetSplits, ImageSplit
-from noisy_prompt.data.fewshot import sample_fewshot
+from noisy_prompt.data.fewshot import sample_fewshot, sample_fewshot_train_val
 from noisy_prompt.data.readers import read_dataset
 from noisy_prompt.data.transforms import describe, test_transform, train_transform
 
@@ -55,6 +55,9 @@ class LabeledFeatures(Dataset):
 
 def pixels32(split: ImageSplit) -> np.ndarray:
     """Flattened 32x32 RGB raw pixels (float) per item: the features of Xia et al.'s instance noise."""
+    images = getattr(split.loader, "images", None)
+    if isinstance(images, np.ndarray) and images.shape[1:] == (32, 32, 3):  # CIFAR: read the array directly
+        return images[np.asarray(split.items, dtype=np.int64)].reshape(len(split), -1).astype(np.float32)
     out = np.empty((len(split), 32 * 32 * 3), dtype=np.float32)
     for i in range(len(split)):
         im = split.load(i)
@@ -70,6 +73,7 @@ class CLIPDataModule(L.LightningDataModule):
         name: str,
         data_dir: str | None = None,
         *,
+        reader: str | None = None,
         reader_kwargs: dict | None = None,
         shots: int | None = None,
         val_shots: int | None = None,
@@ -97,6 +101,7 @@ class CLIPDataModule(L.LightningDataModule):
         if val_from not in ("val", "test", "none"):
             raise ValueError(f"data.val_from must be 'val', 'test' or 'none', got {val_from!r}")
         self.name, self.data_dir = name, data_dir
+        self.reader = reader or name  # several configs may read one dataset (synthetic, synthetic_full)
         self.reader_kwargs = dict(reader_kwargs or {})
         self.shots, self.val_shots = shots, val_shots
         self.noise, self.seed = noise, int(seed)
@@ -111,11 +116,14 @@ class CLIPDataModule(L.LightningDataModule):
 
     # ---- label side: pure functions of (config, seed) -------------------------------------------
     def _dataset_id(self, pool: ImageSplit) -> str:
-        return f"{self.name}:{len(pool.classnames)}:{len(pool)}"
+        from noisy_prompt.noise import dataset_identity
+
+        return dataset_identity(self.reader, pool.classnames)
 
     def _build_train(self, splits: DatasetSplits) -> tuple[ImageSplit, np.ndarray, np.ndarray]:
         pool, C = splits.train, len(splits.classnames)
         noise = self.noise
+        self._val_indices = None
         if noise is not None and noise.is_fewshot_constructing:
             if not self.shots:
                 raise ValueError(f"noise '{noise.name}' builds a few-shot set; set data.shots (got {self.shots})")
@@ -123,16 +131,44 @@ class CLIPDataModule(L.LightningDataModule):
             train = pool.subset(fs.indices, labels=fs.labels)
             self.noise_result = fs.result
             return train, np.asarray(fs.labels, dtype=np.int64), np.asarray(fs.true_labels, dtype=np.int64)
-        train = pool.subset(sample_fewshot(pool.labels, self.shots, self.seed)) if self.shots else pool
+        if self.shots:
+            # One stream seeded once, train shots then val shots: the exact shots CoOp/Dassl pick.
+            val_labels = splits.val.labels if splits.val is not None else None
+            train_idx, self._val_indices = sample_fewshot_train_val(pool.labels, val_labels, self.shots, self.seed)
+            train = pool.subset(train_idx)
+        else:
+            train = pool
         given = np.asarray(train.labels, dtype=np.int64)
         clean = np.asarray(train.clean_labels if train.clean_labels is not None else train.labels, dtype=np.int64)
         if noise is None:
             return train, given, clean
         features = pixels32(train) if noise.needs_pixels else None
         res = noise.apply(given, C, self.seed, self._dataset_id(train), features=features,
-                          superclass_of=self.reader_kwargs.get("superclass_of"), clean_labels=clean)
+                          superclass_of=self._superclass_map(), clean_labels=clean)
         self.noise_result = res
         return train, np.asarray(res.noisy_labels, dtype=np.int64), clean
+
+    def _build_val(self, splits: DatasetSplits) -> ImageSplit | None:
+        if self.val_from == "none":
+            return None
+        if self.val_from == "test":
+            return splits.test
+        if not self.shots:
+            return splits.val
+        if self.val_shots or self._val_indices is None:
+            if splits.val is None:
+                return None
+            k = self.val_shots or min(self.shots, 4)
+            return splits.val.subset(sample_fewshot(splits.val.labels, k, self.seed))
+        # val indices point into the train pool where the dataset has no val split (ImageNet)
+        return (splits.val if splits.val is not None else splits.train).subset(self._val_indices)
+
+    def _superclass_map(self):
+        if self.reader in ("cifar100", "cifar100n"):
+            from noisy_prompt.noise import CIFAR100_SUPERCLASS
+
+            return CIFAR100_SUPERCLASS
+        return None
 
     def _build_val(self, splits: DatasetSplits, train_pool_taken: ImageSplit) -> ImageSplit | None:
         if self.val_from == "none":
@@ -150,10 +186,10 @@ class CLIPDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._ready:
             return
-        self.splits = read_dataset(self.name, self.data_dir, **{k: v for k, v in self.reader_kwargs.items() if k != "superclass_of"})
+        self.splits = read_dataset(self.reader, self.data_dir, **self.reader_kwargs)
         self.train_split, labels, clean = self._build_train(self.splits)
         self.train_labels, self.train_clean = labels, clean
-        self.val_split = self._build_val(self.splits, self.train_split)
+        self.val_split = self._build_val(self.splits)
         self.test_splits = {"test": self.splits.test, **{f"test_{k}": v for k, v in self.splits.extra_tests.items()}}
         self._build_datasets()
         self._ready = True
@@ -196,7 +232,7 @@ class CLIPDataModule(L.LightningDataModule):
             return visual(x)
 
         def feats(split, name, tf, view=0, aug_seed=None):
-            return cache.features(split, dataset=self.name, split_name=name, transform=tf, transform_id=describe(tf),
+            return cache.features(split, dataset=self.reader, split_name=name, transform=tf, transform_id=describe(tf),
                                   encode=encode, view=view, aug_seed=aug_seed, batch_size=self.eval_batch_size,
                                   num_workers=self.num_workers, device=self.device)
 

@@ -12,32 +12,14 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Sequence, TextIO
+from typing import Sequence, TextIO
 
 from noisy_prompt.data.base import DatasetLayoutError, DatasetSplits, ImageSplit
-from noisy_prompt.data.readers import coop, fulldata
+from noisy_prompt.data.readers import READERS as REGISTRY
+from noisy_prompt.data.readers import coop, default_data_root, fulldata, get_reader
 
-READERS: dict[str, Callable[[Path | str], DatasetSplits]] = {
-    "imagenet": coop.read_imagenet,
-    "caltech101": coop.read_caltech101,
-    "oxford_pets": coop.read_oxford_pets,
-    "oxford_flowers": coop.read_oxford_flowers,
-    "food101": coop.read_food101,
-    "dtd": coop.read_dtd,
-    "ucf101": coop.read_ucf101,
-    "stanford_cars": coop.read_stanford_cars,
-    "fgvc_aircraft": coop.read_fgvc_aircraft,
-    "sun397": coop.read_sun397,
-    "eurosat": coop.read_eurosat,
-    "cifar100": fulldata.read_cifar100,
-    "cifar100n": fulldata.read_cifar100n,
-    "animal10n": fulldata.read_animal10n,
-    "webvision": fulldata.read_webvision,
-    "food101n": fulldata.read_food101n,
-    "clothing1m": fulldata.read_clothing1m,
-}
-
-# name -> (layout, source), for messages about files the reader listed but that are missing
+# name -> (layout, source) of every dataset that lives on disk (not the built-in synthetic one);
+# also used for messages about image files that the reader listed but that are missing
 LAYOUTS: dict[str, tuple[str, str]] = {
     **{n: (coop.split_layout(n), coop.SPLIT_DATASETS[n][3]) for n in coop.SPLIT_DATASETS},
     "imagenet": (coop.IMAGENET_LAYOUT, coop.IMAGENET_SOURCE),
@@ -50,15 +32,14 @@ LAYOUTS: dict[str, tuple[str, str]] = {
     "clothing1m": (fulldata.CLOTHING1M_LAYOUT, fulldata.CLOTHING1M_SOURCE),
 }
 
+# the datasets `verify` knows: the project's reader table, minus those that need no download
+DATASETS: list[str] = [n for n in REGISTRY if n in LAYOUTS]
+
 USAGE = """usage: python -m noisy_prompt.data verify data=<name> [paths.data_dir=<root>] [check_images=true|false]
        python -m noisy_prompt.data verify --all [paths.data_dir=<root>] [check_images=true|false]
-datasets: """ + ", ".join(READERS)
+datasets: """ + ", ".join(DATASETS)
 
 MAX_LISTED = 20  # missing images printed per dataset; the count is always complete
-
-
-def default_data_root() -> Path:
-    return Path(os.environ.get("NOISY_PROMPT_DATA") or "data")
 
 
 def named_splits(splits: DatasetSplits, *, keep_none: bool = False) -> list[tuple[str, ImageSplit | None]]:
@@ -83,9 +64,12 @@ def missing_images(splits: DatasetSplits) -> list[str]:
 def verify(name: str, data_root: Path, *, check_images: bool = True, out: TextIO = sys.stdout) -> bool:
     """Check one dataset and report to `out`; True if it is complete."""
     try:
-        splits = READERS[name](data_root)
-    except (DatasetLayoutError, ValueError) as e:
+        splits = get_reader(name)(data_root)
+    except DatasetLayoutError as e:
         print(f"[FAIL] {name}: {e}", file=out)
+        return False
+    except Exception as e:  # a malformed index file, an unreadable pickle: report it, check the rest
+        print(f"[FAIL] {name}: {type(e).__name__}: {e}", file=out)
         return False
     if check_images:
         missing = missing_images(splits)
@@ -143,10 +127,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     check_images = options.get("check_images", "true").lower() not in ("false", "0", "no")
 
     if "all" in flags:
-        names = list(READERS)
+        names = list(DATASETS)
     elif "data" in options:
-        if options["data"] not in READERS:
-            print(f"unknown dataset {options['data']!r}; known: {', '.join(READERS)}", file=out)
+        if options["data"] not in DATASETS:
+            print(f"unknown dataset {options['data']!r}; known: {', '.join(DATASETS)}", file=out)
             return 2
         names = [options["data"]]
     else:

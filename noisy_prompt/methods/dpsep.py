@@ -37,9 +37,9 @@ class DPSEP(CoOp):
             out.update(cos_neg=cos_neg, logits_neg=self.logit_scale * cos_neg)
         return out
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        y = batch["label"]
-        out = self.branch_logits(batch["x"])
+    def losses(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """All loss components of one batch; `train/loss` is the total that is optimised."""
+        out = self.branch_logits(x)
         sep = sep_loss(out["logits_pos"], y, lam=self.lam, sigma=self.sigma, detach_p=self.detach_p)
         parts = {"train/ce": sep["ce"], "train/entropy_term": sep["entropy_term"]}
         if self.negative:
@@ -52,6 +52,12 @@ class DPSEP(CoOp):
         else:
             loss = sep["loss"]
         parts["train/loss"] = loss
+        return parts
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        y = batch["label"]
+        parts = self.losses(batch["x"], y)
+        loss = parts["train/loss"]
         self.log_dict(parts, on_step=False, on_epoch=True, batch_size=len(y))
         self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False, logger=False, batch_size=len(y))
         return loss

@@ -186,6 +186,7 @@ class CellResult:
     paper: float | None = None
     keys: tuple[CellKey, ...] = ()
     paths: tuple[Path, ...] = ()
+    errors: tuple[str, ...] = ()  # first line of each failed seed's error
 
     @property
     def diff(self) -> float | None:
@@ -364,6 +365,11 @@ def _discovered_layout(spec: TableSpec, runs: Iterable[RunRecord]) -> tuple[tupl
     return rows, cols
 
 
+def _first_line(text: str | None) -> str:
+    lines = (text or "").strip().splitlines()
+    return lines[0] if lines else "no error message"
+
+
 def _aggregate_cell(runs: Sequence[RunRecord], metric: str, paper: float | None) -> CellResult:
     keys = tuple(sorted({r.key for r in runs}, key=CellKey.sort_key))
     paths = tuple(r.path for r in runs)
@@ -372,16 +378,18 @@ def _aggregate_cell(runs: Sequence[RunRecord], metric: str, paper: float | None)
     if len(keys) > 1:
         return CellResult(status=AMBIGUOUS, metric=metric, paper=paper, keys=keys, paths=paths)
     failed = tuple(sorted(r.seed for r in runs if not r.ok))
+    errors = tuple(_first_line(r.error) for r in sorted(runs, key=lambda r: r.seed) if not r.ok)
     measured = sorted((r.seed, v) for r in runs if r.ok and (v := _metric_value(r, metric)) is not None)
     if not measured:
         status = FAILED if failed and not any(r.ok for r in runs) else NO_METRIC
-        return CellResult(status=status, metric=metric, paper=paper, failed_seeds=failed, keys=keys, paths=paths)
+        return CellResult(status=status, metric=metric, paper=paper, failed_seeds=failed, keys=keys, paths=paths,
+                          errors=errors)
     values = tuple(v for _, v in measured)
     return CellResult(
         status=OK, metric=metric, mean=statistics.fmean(values),
         std=statistics.stdev(values) if len(values) > 1 else None,
         n=len(values), seeds=tuple(s for s, _ in measured), values=values, failed_seeds=failed,
-        paper=paper, keys=keys, paths=paths,
+        paper=paper, keys=keys, paths=paths, errors=errors,
     )
 
 
@@ -420,6 +428,10 @@ def aggregate_runs(loaded: LoadedRuns, table: str | TableSpec, *, backbone: str 
             elif cell.status == OK and cell.n < sum(r.ok for r in matching):
                 result.warnings.append(
                     f"{where}: {sum(r.ok for r in matching) - cell.n} successful run(s) lack '{metric}'"
+                )
+            if cell.failed_seeds:
+                result.warnings.append(
+                    f"{where}: seed(s) {', '.join(map(str, cell.failed_seeds))} failed: {'; '.join(dict.fromkeys(cell.errors))}"
                 )
             result.cells[(row.labels, col.label)] = cell
     if spec.discover is not None and not rows:

@@ -314,7 +314,7 @@ def train(cfg: PretrainConfig, *, fresh: bool = False, progress: bool = True) ->
         optimizer.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-        losses.append(float(loss))
+        losses.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", scale=f"{float(scale):.1f}")
         done = step + 1
         if done % cfg.checkpoint_every == 0 and done < cfg.steps:

@@ -51,6 +51,11 @@ def require_paths(
         raise DatasetLayoutError(dataset, root, missing, layout, source)
 
 
+def as_data_root(root: Path | str) -> Path:
+    """Absolute (not symlink-resolved) data root, so items do not depend on the cwd."""
+    return Path(root).expanduser().absolute()
+
+
 def root_key(data_root: Path, path: Path) -> str:
     """The stable key of a file: its path relative to the data root, with '/' separators."""
     return path.relative_to(data_root).as_posix()
@@ -199,7 +204,7 @@ def read_split_file(path: Path) -> dict[str, list[tuple[str, int, str]]]:
 
 def read_split_dataset(name: str, root: Path | str) -> DatasetSplits:
     """Any dataset of SPLIT_DATASETS: images + split_zhou file."""
-    data_root = Path(root)
+    data_root = as_data_root(root)
     dir_name, image_dir, split_file, source = SPLIT_DATASETS[name]
     ds_dir = data_root / dir_name
     img_dir = ds_dir / image_dir if image_dir else ds_dir
@@ -272,7 +277,7 @@ FGVC_SOURCE = (
 
 
 def read_fgvc_aircraft(root: Path | str) -> DatasetSplits:
-    data_root = Path(root)
+    data_root = as_data_root(root)
     ds_dir = data_root / "fgvc_aircraft"
     lists = {part: ds_dir / f"images_variant_{part}.txt" for part in ("train", "val", "test")}
     require_paths(
@@ -328,7 +333,7 @@ def read_imagenet_classnames(path: Path) -> dict[str, str]:
 
 
 def read_imagenet(root: Path | str) -> DatasetSplits:
-    data_root = Path(root)
+    data_root = as_data_root(root)
     ds_dir = data_root / "imagenet"
     train_dir, val_dir, names_path = ds_dir / "images" / "train", ds_dir / "images" / "val", ds_dir / "classnames.txt"
     require_paths("imagenet", data_root, [train_dir, val_dir, names_path], IMAGENET_LAYOUT, IMAGENET_SOURCE)

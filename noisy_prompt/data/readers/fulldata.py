@@ -18,6 +18,7 @@ from PIL import Image
 
 from noisy_prompt.data.base import DatasetLayoutError, DatasetSplits, ImageSplit
 from noisy_prompt.data.readers.coop import (
+    as_data_root,
     clean_classname,
     file_split,
     list_files,
@@ -109,7 +110,7 @@ def _cifar_required(data_root: Path) -> list[Path]:
 
 
 def read_cifar100(root: Path | str) -> DatasetSplits:
-    data_root = Path(root)
+    data_root = as_data_root(root)
     require_paths("cifar100", data_root, _cifar_required(data_root), CIFAR100_LAYOUT, CIFAR100_SOURCE)
     train, test = _read_cifar(data_root)
     return DatasetSplits(name="cifar100", train=train, val=None, test=test, templates=templates_for("cifar100"))
@@ -157,7 +158,7 @@ def load_cifar100n_labels(path: Path) -> tuple[list[int], list[int]]:
 
 
 def read_cifar100n(root: Path | str) -> DatasetSplits:
-    data_root = Path(root)
+    data_root = as_data_root(root)
     human_paths = (data_root / CIFAR100N_FILE, data_root / CIFAR_DIR / CIFAR100N_FILE)
     require_paths(
         "cifar100n", data_root, [*_cifar_required(data_root), human_paths], CIFAR100N_LAYOUT, CIFAR100N_SOURCE
@@ -224,7 +225,7 @@ def _animal10n_part(data_root: Path, folder: Path) -> ImageSplit:
 
 
 def read_animal10n(root: Path | str) -> DatasetSplits:
-    data_root = Path(root)
+    data_root = as_data_root(root)
     ds = data_root / "animal10n"
     require_paths("animal10n", data_root, [ds / "training", ds / "testing"], ANIMAL10N_LAYOUT, ANIMAL10N_SOURCE)
     return DatasetSplits(
@@ -279,7 +280,7 @@ def _read_filelist(path: Path, num_classes: int) -> list[tuple[str, int]]:
 
 
 def read_webvision(root: Path | str) -> DatasetSplits:
-    data_root = Path(root)
+    data_root = as_data_root(root)
     ds = data_root / "webvision"
     train_list, val_list = ds / "info" / "train_filelist_google.txt", ds / "info" / "val_filelist.txt"
     ilsvrc_root = ds / "imagenet" / "val"
@@ -324,7 +325,7 @@ FOOD101N_SOURCE = (
 
 
 def read_food101n(root: Path | str) -> DatasetSplits:
-    data_root = Path(root)
+    data_root = as_data_root(root)
     image_dirs = tuple(data_root / d / "images" for d in FOOD101N_DIRS)
     food_dir = data_root / "food-101"
     split_path = food_dir / "split_zhou_Food101.json"
@@ -400,7 +401,7 @@ def _clothing_part(data_root: Path, ds: Path, key_list: Path, kv: dict[str, int]
 
 
 def read_clothing1m(root: Path | str) -> DatasetSplits:
-    data_root = Path(root)
+    data_root = as_data_root(root)
     ds = data_root / "clothing1m"
     files = {n: ds / f"{n}.txt" for n in ("noisy_label_kv", "clean_label_kv", "noisy_train_key_list", "clean_test_key_list")}
     require_paths("clothing1m", data_root, [ds / "images", *files.values()], CLOTHING1M_LAYOUT, CLOTHING1M_SOURCE)
