@@ -13,9 +13,17 @@ def _precision() -> str:
     return "16-mixed" if torch.cuda.is_available() else "32-true"
 
 
+def _git_rev() -> str:
+    from noisy_prompt.reporting.results import git_revision
+
+    return git_revision()[:12]
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("np_precision"):
         OmegaConf.register_new_resolver("np_precision", _precision)
+    if not OmegaConf.has_resolver("np_git_rev"):
+        OmegaConf.register_new_resolver("np_git_rev", _git_rev, use_cache=True)
 
 
 register_resolvers()

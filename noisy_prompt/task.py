@@ -44,15 +44,15 @@ def build_module(cfg: DictConfig, dm):
                              seed=int(cfg.seed))
 
 
-def finish_loggers(loggers: list) -> None:
+def finish_loggers(loggers: list, ok: bool) -> None:
     for lg in loggers:
         try:
             if type(lg).__name__ == "WandbLogger":
                 import wandb
 
-                wandb.finish()
+                wandb.finish(exit_code=0 if ok else 1)
             else:
-                lg.finalize("success")
+                lg.finalize("success" if ok else "failed")
         except Exception:  # cleanup must never mask the job's own outcome
             log.exception("closing logger %s failed", type(lg).__name__)
 
@@ -83,11 +83,15 @@ def run_cell(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     loggers: list = []
     trainer = None
+    ok = False
     try:
+        # Loggers first, so a job that fails while building data or model still has its (closed) W&B run.
+        loggers = _instantiate_group(cfg, "logger")
+        for lg in loggers:  # the resolved config, so every run is reproducible from its dashboard alone
+            lg.log_hyperparams({k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "hydra"})
         dm = build_datamodule(cfg)
         dm.setup("fit")
         module = build_module(cfg, dm)
-        loggers = _instantiate_group(cfg, "logger")
         callbacks = _instantiate_group(cfg, "callbacks")
         trainer = instantiate(cfg.trainer, default_root_dir=str(run_dir), logger=loggers or False,
                               callbacks=callbacks, enable_checkpointing=any("Checkpoint" in type(c).__name__ for c in callbacks))
@@ -115,6 +119,7 @@ def run_cell(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             write_json(results_path, results)
             OmegaConf.save(cfg, run_dir / "config.yaml", resolve=False)
             log.info("%s: test acc %.2f -> %s", cfg.cell, results["metrics"].get("test/acc", float("nan")), results_path)
+        ok = True
         return results
     except BaseException as err:
         if trainer is None or trainer.is_global_zero:
@@ -123,4 +128,4 @@ def run_cell(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                                           "traceback": traceback.format_exc(), "wall_time_s": round(time.time() - t0, 2)})
         raise
     finally:
-        finish_loggers(loggers)
+        finish_loggers(loggers, ok)

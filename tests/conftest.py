@@ -25,3 +25,43 @@ def _isolated_dirs(tmp_path_factory):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory) -> dict:
+    """A randomly initialised tiny CLIP saved in open_clip's local-dir format: real weights-loading path,
+    no download, fast. Quality is irrelevant for the invariants tested with it."""
+    import json
+
+    from open_clip.model import CLIP
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("tiny_clip")
+    torch.manual_seed(0)
+    model = CLIP(**TINY_CLIP)
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP, "preprocess_cfg": {"size": 32}}))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "open_clip_model.safetensors")
+    return {"model": f"local-dir:{folder}", "pretrained": None, "allow_random": False, "name": "tiny"}
+
+
+@pytest.fixture
+def synthetic_dm_factory(tiny_backbone, tmp_path):
+    """Build a CLIPDataModule on a small synthetic split with the tiny CLIP."""
+    from noisy_prompt.data.datamodule import CLIPDataModule
+
+    def make(noise=None, shots=4, views=2, input="features", seed=1, **kw):
+        dm = CLIPDataModule(name="synthetic", reader_kwargs={"num_train_per_class": 8, "num_val_per_class": 2,
+                                                             "num_test_per_class": 2},
+                            shots=shots, noise=noise, seed=seed, backbone=tiny_backbone, input=input, views=views,
+                            crop_scale=(0.5, 1.0), batch_size=16, cache_dir=str(tmp_path / "cache"), **kw)
+        dm.setup("fit")
+        return dm
+
+    return make

@@ -170,18 +170,6 @@ class CLIPDataModule(L.LightningDataModule):
             return CIFAR100_SUPERCLASS
         return None
 
-    def _build_val(self, splits: DatasetSplits, train_pool_taken: ImageSplit) -> ImageSplit | None:
-        if self.val_from == "none":
-            return None
-        if self.val_from == "test":
-            return splits.test
-        if splits.val is None:
-            return None
-        if self.shots:
-            k = self.val_shots or min(self.shots, 4)
-            return splits.val.subset(sample_fewshot(splits.val.labels, k, self.seed))
-        return splits.val
-
     # ---- Lightning hooks ------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if self._ready:

@@ -56,6 +56,15 @@ class ClassifierModule(L.LightningModule):
         self.val_history: list[float] = []
         self.history: dict[str, list[float]] = {}  # per-epoch means of train/* metrics, for the curves figure
 
+    def train(self, mode: bool = True):
+        # Frozen parts stay in eval mode (RN50's BatchNorm statistics must not drift); a part with
+        # trainable parameters (TANGO's vision tower) follows `mode`.
+        super().train(mode)
+        for child in self.clip.children():
+            if not any(p.requires_grad for p in child.parameters()):
+                child.eval()
+        return self
+
     # ---- features ---------------------------------------------------------------------------------
     @property
     def logit_scale(self) -> torch.Tensor:

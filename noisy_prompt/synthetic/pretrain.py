@@ -315,7 +315,7 @@ def train(cfg: PretrainConfig, *, fresh: bool = False, progress: bool = True) ->
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         losses.append(loss.item())
-        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", scale=f"{float(scale):.1f}")
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", scale=f"{scale.item():.1f}")
         done = step + 1
         if done % cfg.checkpoint_every == 0 and done < cfg.steps:
             _atomic_torch_save(

@@ -222,16 +222,20 @@ class Tango(ClassifierModule):
         out_labels[index], out_clean[index] = torch.cat(labels).long(), torch.cat(clean).long()
         return out_feats, out_labels.to(self.device), out_clean.to(self.device)
 
-    def purify_training_set(self) -> dict[str, float]:
-        """Purification with the current weights: sets `self.purified` and appends to the history."""
-        dm = getattr(self.trainer, "datamodule", None)
+    def purify_training_set(self, dm: Any = None) -> dict[str, float]:
+        """Purification with the current weights over `dm` (default: the trainer's datamodule).
+
+        Sets `self.purified` and returns the stats; the clean labels only feed the stats.
+        """
+        if dm is None:
+            dm = getattr(self.trainer, "datamodule", None)
         if dm is None or not hasattr(dm, "train_eval_dataloader"):
             raise RuntimeError("TANGO purifies the whole training set before every epoch: fit it with a datamodule "
                                "that has train_eval_dataloader() (the training set, no augmentation)")
         loader = dm.train_eval_dataloader()
         n = len(loader.dataset) if hasattr(loader, "dataset") else 0
         batches: Iterable[dict] = loader
-        if self.trainer.is_global_zero and n >= PROGRESS_MIN_IMAGES:
+        if (self._trainer is None or self.trainer.is_global_zero) and n >= PROGRESS_MIN_IMAGES:
             from tqdm.auto import tqdm
 
             batches = tqdm(loader, desc=f"purify epoch {self.current_epoch + 1}: features", leave=False)
@@ -310,10 +314,16 @@ class Tango(ClassifierModule):
                         out[f"purify/{key}_{tag}"] = float(stats[key])
         return out
 
-    def write_label_issues(self, path: str | Path) -> Path:
-        """One row per training sample from the last purification: verdict, q at the given label, Y~'s suggestion."""
+    def write_label_issues(self, path: str | Path, dm: Any = None) -> Path:
+        """One row per training sample from the last purification: verdict, q at the given label, Y~'s suggestion.
+
+        Without a purification in this process (a finished run resumed from its last checkpoint trains no
+        epoch), one is run now with the current weights over `dm` or the trainer's datamodule.
+        """
         if self.purified is None:
-            raise RuntimeError("write_label_issues needs a purification: fit the model first")
+            if dm is None and (self._trainer is None or getattr(self.trainer, "datamodule", None) is None):
+                raise RuntimeError("write_label_issues needs a purification: fit the model first or pass dm")
+            self.purify_training_set(dm)
         p = self.purified
         given = p.given.cpu().tolist()
         verdict = p.clean_mask.cpu().tolist()

@@ -1,0 +1,340 @@
+"""TANGO LightningModule on a tiny random CLIP and the synthetic world: trainable set, purification
+between epochs, training loss, label-issue export, checkpoint content and the preset configs."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.utils import get_class
+from omegaconf import OmegaConf
+from safetensors.torch import save_file
+
+import noisy_prompt.config  # noqa: F401  (resolvers)
+from noisy_prompt.config import ctor_kwargs
+from noisy_prompt.data.datamodule import CLIPDataModule
+from noisy_prompt.methods.tango.anchors import template_sentences
+from noisy_prompt.methods.tango.module import LABEL_ISSUE_COLUMNS, Tango
+from noisy_prompt.methods.tango.tac import tac_log_probs
+from noisy_prompt.noise import NoiseSpec
+from noisy_prompt.synthetic.captions import class_descriptions
+from noisy_prompt.synthetic.world import CLASSNAMES
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+TINY = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+PER_CLASS = 6
+N_TRAIN = PER_CLASS * len(CLASSNAMES)
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory) -> dict:
+    from open_clip.model import CLIP
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_clip")
+    model = CLIP(**TINY)
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY, "preprocess_cfg": {"size": 32}}))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "open_clip_model.safetensors")
+    return {"model": f"local-dir:{folder}", "pretrained": None, "allow_random": False, "name": "tiny"}
+
+
+def _module(backbone, k_anchors=4, **kwargs) -> Tango:
+    kwargs.setdefault("anchors", {"source": "templates", "k": k_anchors})
+    return Tango(backbone=backbone, classnames=list(CLASSNAMES), templates=["a photo of a {}."], test_sets=["test"],
+                 input="images", seed=3, **kwargs)
+
+
+def _datamodule(backbone, noise=None) -> CLIPDataModule:
+    dm = CLIPDataModule("synthetic", reader_kwargs={"num_train_per_class": PER_CLASS, "num_val_per_class": 0,
+                                                    "num_test_per_class": 2},
+                        shots=None, noise=noise, seed=1, backbone=backbone, input="images", train_aug="none",
+                        batch_size=64, eval_batch_size=256, val_from="test")
+    dm.setup("fit")
+    return dm
+
+
+def _names(module, prefix):
+    return {n for n, _ in module.named_parameters() if n.startswith(prefix)}
+
+
+# ---------------------------------------------------------------------------------- construction
+
+
+def test_only_the_vision_tower_trains_by_default(backbone):
+    m = _module(backbone)
+    trainable = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert trainable == _names(m, "clip.visual.") and trainable
+    assert "clip.visual.proj" in trainable  # the projection is part of the encoder
+    frozen = {n for n, p in m.named_parameters() if not p.requires_grad}
+    assert {"clip.logit_scale", "clip.token_embedding.weight", "clip.text_projection"} <= frozen
+    assert _names(m, "clip.transformer.") <= frozen
+    assert "anchors" in dict(m.named_buffers()) and not isinstance(m.anchors, torch.nn.Parameter)
+    assert m.trainable_state_names() == {n for n in m.state_dict() if n.startswith("clip.visual.")}
+    assert m.tau == pytest.approx(float(m.clip.logit_scale.exp()))
+
+
+def test_linear_and_trainable_anchor_variants_add_their_parameters(backbone):
+    lin = _module(backbone, classifier="linear", beta=0.0)
+    trainable = {n for n, p in lin.named_parameters() if p.requires_grad}
+    assert trainable == _names(lin, "clip.visual.") | {"head.weight", "head.bias"}
+    # Zero-shot start: each class weight is tau times its anchors' unit mean direction.
+    means = torch.stack([lin.anchors[lin.anchor_labels == c].mean(0) for c in range(lin.num_classes)])
+    torch.testing.assert_close(lin.head.weight, lin.tau * F.normalize(means, dim=-1))
+    assert "head.weight" in lin.trainable_state_names()
+
+    ta = _module(backbone, trainable_anchors=True)
+    assert isinstance(ta.anchors, torch.nn.Parameter) and ta.anchors.requires_grad
+    assert "anchors" in ta.trainable_state_names()
+    assert ta.anchors in ta.trainable_parameters()
+    with pytest.raises(ValueError, match="classifier=tac"):
+        _module(backbone, classifier="linear", trainable_anchors=True)
+
+
+def test_anchor_sources_and_fallback(backbone, tmp_path, caplog):
+    k = 3
+    tmpl = _module(backbone, anchors={"source": "templates", "k": k})
+    assert tmpl.anchor_sentences[5] == template_sentences(CLASSNAMES[5], k)
+    assert tmpl.anchors.shape == (k * len(CLASSNAMES), TINY["embed_dim"])
+    torch.testing.assert_close(tmpl.anchors.norm(dim=-1), torch.ones(len(tmpl.anchors)))
+    assert torch.equal(torch.bincount(tmpl.anchor_labels), torch.full((len(CLASSNAMES),), k))
+
+    syn = _module(backbone, anchors={"source": "synthetic", "k": k})
+    assert syn.anchor_sentences[0] == class_descriptions(CLASSNAMES[0], k)
+    assert not torch.allclose(syn.anchors, tmpl.anchors)
+
+    # One class in the file (spelled with an underscore and upper case), two sentences only; the rest fall back.
+    path = tmp_path / "cupl.json"
+    path.write_text(json.dumps({"Red_Circle": ["a round red thing.", "a red disc."]}))
+    with caplog.at_level("WARNING"):
+        cupl = _module(backbone, anchors={"source": "cupl", "path": str(path), "k": k})
+    assert cupl.anchor_sentences[CLASSNAMES.index("red circle")] == ["a round red thing.", "a red disc."]
+    assert "red circle" not in cupl.anchor_fallback and len(cupl.anchor_fallback) == len(CLASSNAMES) - 1
+    assert "fell back" in caplog.text or "template sentences" in caplog.text
+    assert int((cupl.anchor_labels == CLASSNAMES.index("red circle")).sum()) == 2
+    assert cupl.extra_metrics()["anchors/num_fallback_classes"] == len(CLASSNAMES) - 1
+
+    no_file = _module(backbone, anchors={"source": "cupl", "path": None, "k": k})
+    assert len(no_file.anchor_fallback) == len(CLASSNAMES)
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        _module(backbone, anchors={"source": "cupl", "path": str(tmp_path / "nope.json"), "k": k})
+    with pytest.raises(ValueError, match="anchors.source"):
+        _module(backbone, anchors={"source": "llm", "k": k})
+    with pytest.raises(ValueError, match="unknown keys"):
+        _module(backbone, anchors={"source": "templates", "K": k})
+    with pytest.raises(ValueError, match="input must be 'images'"):
+        Tango(backbone=backbone, classnames=list(CLASSNAMES), input="features")
+
+
+def test_logits_are_tac_log_probabilities(backbone):
+    m = _module(backbone, tau=7.0).eval()
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        out = m.logits(x)
+        v = F.normalize(m.clip.visual(x), dim=-1)
+        ref = tac_log_probs(v, m.anchors, m.anchor_labels, m.num_classes, 7.0)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(out.exp().sum(1), torch.ones(5))
+
+
+# --------------------------------------------------------------------------------------- training
+
+
+def test_training_step_losses(backbone):
+    m = _module(backbone)
+    from noisy_prompt.methods.tango.module import PurifiedLabels
+
+    n, c = 8, m.num_classes
+    soft = torch.softmax(torch.randn(n, c, generator=torch.Generator().manual_seed(0)), dim=1)
+    given = torch.arange(n) % c
+    batch = {"x": torch.randn(4, 3, 32, 32), "label": given[[1, 3, 5, 7]], "index": torch.tensor([1, 3, 5, 7])}
+    logged = {}
+    m.log_dict = lambda d, **kw: logged.update({k: float(v.detach()) for k, v in d.items()})
+    m.log = lambda *a, **kw: None
+
+    def run(clean_mask):
+        m.purified = PurifiedLabels(0, given, None, clean_mask, soft, torch.zeros(n))
+        m.mix_generator.manual_seed(11)
+        return m.training_step(batch, 0)
+
+    none_clean = run(torch.zeros(n, dtype=torch.bool))
+    assert logged["train/l_clean"] == 0.0 and logged["train/l_reg"] > 0
+    assert float(none_clean.detach()) == pytest.approx(logged["train/l_reg"])
+    all_clean = run(torch.ones(n, dtype=torch.bool))
+    assert logged["train/l_clean"] > 0 and logged["train/clean_in_batch"] == 1.0
+    # Same generator state, same mixup: L_reg does not depend on the clean mask.
+    assert float(all_clean.detach()) == pytest.approx(logged["train/l_clean"] + float(none_clean.detach()), rel=1e-5)
+    all_clean.backward()
+    assert m.clip.visual.proj.grad is not None and m.clip.text_projection.grad is None
+
+
+class _Recorder(L.Callback):
+    """Copies of the purification result at each epoch (the module keeps only the last one)."""
+
+    def __init__(self):
+        self.masks, self.soft, self.logged = [], [], []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if batch_idx == 0:
+            self.masks.append(module.purified.clean_mask.clone())
+            self.soft.append(module.purified.soft_labels.clone())
+
+    def on_train_epoch_end(self, trainer, module):
+        self.logged.append({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("purify/")})
+
+
+@pytest.fixture(scope="module")
+def fitted(backbone, tmp_path_factory):
+    noise = NoiseSpec(name="sym50", protocol="sym", rate=0.5)
+    dm = _datamodule(backbone, noise)
+    m = _module(backbone, k=10, optim={"name": "sgd", "lr": 0.5, "momentum": 0.9, "weight_decay": 0.0,
+                                      "warmup_epochs": 0, "warmup_lr": 0.0}, max_epochs=2)
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    rec = _Recorder()
+    root = tmp_path_factory.mktemp("fit")
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        default_root_dir=str(root), callbacks=[rec])
+    trainer.fit(m, datamodule=dm)
+    ckpt = root / "final.ckpt"
+    trainer.save_checkpoint(ckpt)
+    trainer.test(m, datamodule=dm, verbose=False)
+    return {"module": m, "dm": dm, "before": before, "rec": rec, "trainer": trainer, "ckpt": ckpt, "root": root}
+
+
+def test_fit_updates_the_vision_tower_only(fitted):
+    m, before = fitted["module"], fitted["before"]
+    changed = {n for n, p in m.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert changed and changed <= {n for n in before if n.startswith("clip.visual.")}
+    assert "clip.logit_scale" not in changed and not any(n.startswith("clip.transformer.") for n in changed)
+    assert len(m.val_history) == 2 and "acc" in m.test_report["test"]
+    assert {"train/loss", "train/l_clean", "train/l_reg"} <= set(m.history)
+
+
+def test_purification_runs_every_epoch_and_changes(fitted):
+    m, rec, dm = fitted["module"], fitted["rec"], fitted["dm"]
+    hist = m.purification_history
+    assert [h["epoch"] for h in hist] == [0, 1]
+    for h in hist:
+        assert {"clean_fraction", "precision", "recall", "soft_label_acc"} <= set(h)
+        assert 0.0 <= h["precision"] <= 1.0
+    assert len(rec.masks) == 2 and rec.masks[0].shape == (N_TRAIN,)
+    assert not torch.allclose(rec.soft[0], rec.soft[1])  # epoch 2 uses the epoch-1 weights
+    assert not torch.equal(rec.masks[0], rec.masks[1])
+    # Selection is the spec's rule: mask == (argmax q == given), with the given labels in dataset order.
+    assert torch.equal(m.purified.given.cpu(), torch.as_tensor(dm.train_labels))
+    assert torch.equal(m.purified.true.cpu(), torch.as_tensor(dm.train_clean))
+    metrics = m.extra_metrics()
+    assert metrics["purify/precision_last"] == hist[-1]["precision"]
+    assert metrics["purify/clean_fraction_first"] == hist[0]["clean_fraction"]
+    assert [e["purify/clean_fraction"] for e in rec.logged] == pytest.approx([h["clean_fraction"] for h in hist])
+    assert [e["purify/soft_label_acc"] for e in rec.logged] == pytest.approx([h["soft_label_acc"] for h in hist])
+    assert {"purify/precision", "purify/recall"} <= set(rec.logged[-1])
+
+
+def test_label_issues_csv(fitted, tmp_path):
+    m, dm = fitted["module"], fitted["dm"]
+    path = m.write_label_issues(tmp_path / "run" / "label_issues.csv")
+    with path.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert tuple(rows[0]) == LABEL_ISSUE_COLUMNS
+    assert len(rows) == N_TRAIN
+    assert [int(r["index"]) for r in rows] == list(range(N_TRAIN))
+    assert [int(r["given_label"]) for r in rows] == [int(v) for v in dm.train_labels]
+    assert [int(r["true_label"]) for r in rows] == [int(v) for v in dm.train_clean]
+    assert [int(r["clean_verdict"]) for r in rows] == m.purified.clean_mask.int().tolist()
+    soft = m.purified.soft_labels
+    assert [int(r["suggested_label"]) for r in rows] == soft.argmax(1).tolist()
+    r = rows[7]
+    assert r["given_class"] == CLASSNAMES[int(r["given_label"])]
+    assert r["suggested_class"] == CLASSNAMES[int(r["suggested_label"])]
+    assert float(r["suggested_confidence"]) == pytest.approx(float(soft[7].max()), rel=1e-5)
+    # Clean samples were selected because q's argmax is their given label, so q there is at least 1/C.
+    clean_q = [float(r["q_score"]) for r in rows if r["clean_verdict"] == "1"]
+    assert clean_q and min(clean_q) >= 1.0 / m.num_classes
+
+
+def test_checkpoint_holds_only_trainable_state(fitted, backbone):
+    m = fitted["module"]
+    ckpt = torch.load(fitted["ckpt"], map_location="cpu", weights_only=False)
+    keys = set(ckpt["state_dict"])
+    assert keys == m.trainable_state_names()
+    assert all(k.startswith("clip.visual.") for k in keys)
+    assert [h["epoch"] for h in ckpt["tango"]["purification_history"]] == [0, 1]
+
+    fresh = _module(backbone, k=10)
+    fresh.load_state_dict(ckpt["state_dict"], strict=False)
+    fresh.on_load_checkpoint(ckpt)
+    assert torch.equal(fresh.clip.visual.proj, m.clip.visual.proj)
+    assert fresh.purification_history == m.purification_history
+
+
+def test_unknown_clean_labels_give_no_detector_stats(backbone, tmp_path):
+    dm = _datamodule(backbone, NoiseSpec(name="real", protocol="real"))
+    m = _module(backbone, k=10)
+    stats = m.purify_training_set(dm)
+    assert "precision" not in stats and "clean_fraction" in stats
+    assert m.purified.true is None
+    with (m.write_label_issues(tmp_path / "issues.csv")).open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == N_TRAIN and {r["true_label"] for r in rows} == {""}
+
+
+def test_label_issues_purify_on_demand(backbone, tmp_path):
+    m = _module(backbone, k=10)
+    with pytest.raises(RuntimeError, match="fit the model first"):
+        m.write_label_issues(tmp_path / "a.csv")
+    dm = _datamodule(backbone)
+    with m.write_label_issues(tmp_path / "b.csv", dm=dm).open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == N_TRAIN and rows[0]["true_label"] == str(int(dm.train_clean[0]))
+
+
+# ----------------------------------------------------------------------------------------- configs
+
+PRESETS = {
+    "tango": {"classifier": "tac", "beta": 0.5, "trainable_anchors": False, "source": "cupl"},
+    "tango_linear_visual": {"classifier": "linear", "beta": 0.0, "trainable_anchors": False, "source": "cupl"},
+    "tango_visual_only": {"classifier": "tac", "beta": 0.0, "trainable_anchors": False, "source": "cupl"},
+    "tango_semantic_only": {"classifier": "tac", "beta": 1.0, "trainable_anchors": False, "source": "cupl"},
+    "tango_trainable_anchors": {"classifier": "tac", "beta": 0.5, "trainable_anchors": True, "source": "cupl"},
+    "tango_simple_prompts": {"classifier": "tac", "beta": 0.5, "trainable_anchors": False, "source": "templates"},
+}
+
+
+def test_recipe_defaults_follow_the_spec():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="run", overrides=["model=tango", "data=cifar100", "backbone=vit_b16"])
+    m = OmegaConf.to_container(cfg.model, resolve=True)
+    assert (m["max_epochs"], m["batch_size"], m["val_every"], m["input"]) == (20, 64, 1, "images")
+    assert m["optim"] == {"name": "sgd", "lr": 5e-4, "momentum": 0.9, "weight_decay": 5e-4,
+                          "warmup_epochs": 0, "warmup_lr": 0.0}
+    assert (m["beta"], m["k"], m["anchors"]["k"], m["anchors"]["source"], m["tau"]) == (0.5, 200, 40, "cupl", None)
+    assert m["mixup_alpha"] == 1.0 and m["dataset"] == "cifar100"
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_preset_composes_and_instantiates(preset, backbone):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="run", overrides=[f"model={preset}", "data=synthetic_full", "noise=sym50",
+                                                   "model.anchors.k=2"])
+    assert cfg.model.name == preset
+    kwargs = ctor_kwargs(cfg, "model")
+    target = kwargs.pop("_target_")
+    m = get_class(target)(**kwargs, backbone=backbone, classnames=list(CLASSNAMES), templates=["a photo of a {}."],
+                          test_sets=["test"], seed=1)
+    want = PRESETS[preset]
+    assert (m.classifier, m.beta, m.trainable_anchors, m.anchor_cfg["source"]) == (
+        want["classifier"], want["beta"], want["trainable_anchors"], want["source"])
+    extra = {n for n, p in m.named_parameters() if p.requires_grad} - _names(m, "clip.visual.")
+    assert extra == ({"head.weight", "head.bias"} if want["classifier"] == "linear" else set()) | (
+        {"anchors"} if want["trainable_anchors"] else set())
+    assert m.max_epochs == cfg.data.recipe.tango.max_epochs  # the dataset's recipe scales the run
