@@ -29,7 +29,7 @@ def register_resolvers() -> None:
 register_resolvers()
 
 # Keys of a group config that describe the run rather than being constructor arguments.
-NON_CTOR_KEYS = {"model": {"name", "batch_size", "val_every"}, "data": {"recipe"}}
+NON_CTOR_KEYS = {"model": {"name", "batch_size", "val_every"}, "data": {"recipe", "anchor_source"}}
 
 
 def ctor_kwargs(cfg: DictConfig, group: str) -> dict:

@@ -19,12 +19,13 @@ or, when some cells need others to have run first, ordered `stages` instead of `
 own `grids`, optional extra `overrides` and an optional `sweep` name for its run dirs (default:
 `table`; see sweeps/dpsep_table3.yaml).
 
-`--cells key=v1,v2` keeps the cells whose value for `key` is listed; cells that do not set `key` at
-all (another stage's grid) are kept. `key` is a grid key or a key fixed by the file's overrides.
+`--cells key=v1,v2` (key: a grid key) keeps the cells whose value for `key` is listed; grids without
+that key (another stage's) are kept whole.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import os
@@ -35,7 +36,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import yaml
 
@@ -63,12 +64,14 @@ class CellFilterError(ValueError):
 # Overrides
 
 
+@functools.lru_cache(maxsize=1)
 def _parser():
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     return OverridesParser.create()
 
 
+@functools.lru_cache(maxsize=4096)
 def override_key(override: str) -> str:
     """The config key (or group) an override sets, without its +/++/~ prefix."""
     return _parser().parse_overrides([override])[0].key_or_group
@@ -96,17 +99,13 @@ class Cell:
     fixed: tuple[str, ...]
     assignment: tuple[tuple[str, Value], ...]
 
-    def overrides(self) -> list[str]:
-        return [f"sweep={self.sweep}", *self.fixed, *(f"{k}={format_value(v)}" for k, v in self.assignment)]
+    def overrides(self, skip: Iterable[str] = ()) -> list[str]:
+        skip = set(skip)
+        return [f"sweep={self.sweep}", *self.fixed,
+                *(f"{k}={format_value(v)}" for k, v in self.assignment if k not in skip)]
 
     def label(self) -> str:
         return " ".join(f"{k}={v}" for k, v in self.assignment)
-
-    def value_of(self, key: str) -> str | None:
-        for k, v in self.assignment:
-            if k == key:
-                return str(v)
-        return _fixed_values(self.fixed).get(key)
 
 
 @dataclass(frozen=True)
@@ -142,14 +141,6 @@ class SweepPlan:
 
     def cells(self) -> list[Cell]:
         return [c for g in self.grids for c in g.cells()]
-
-
-def _fixed_values(fixed: Iterable[str]) -> dict[str, str]:
-    out = {}
-    for o in _parser().parse_overrides(list(fixed)):
-        if o.value_type is not None and not o.is_delete():
-            out[o.key_or_group] = str(o.value())
-    return out
 
 
 def resolve_sweep_file(name_or_path: str | Path) -> Path:
@@ -273,15 +264,13 @@ def parse_cell_filters(items: Iterable[str]) -> dict[str, list[str]]:
 
 
 def filter_plan(plan: SweepPlan, filters: Mapping[str, Sequence[str]]) -> SweepPlan:
-    """The plan restricted to the cells the filters keep; each grid stays a rectangle."""
+    """The plan restricted to the cells the filters keep. A filter key must be a grid key; a grid that
+    has the key keeps only the listed values (and is dropped when none is left), a grid without it
+    (another stage's) is kept whole. Each grid stays a rectangle, so it stays one multirun."""
     if not filters:
         return plan
     valid: dict[str, list[str]] = {}
     for grid in plan.grids:
-        for key, value in _fixed_values(grid.fixed).items():
-            valid.setdefault(key, [])
-            if value not in valid[key]:
-                valid[key].append(value)
         for key, values in grid.axes:
             valid.setdefault(key, [])
             valid[key] += [str(v) for v in values if str(v) not in valid[key]]
@@ -294,14 +283,11 @@ def filter_plan(plan: SweepPlan, filters: Mapping[str, Sequence[str]]) -> SweepP
                                   f"valid values: {', '.join(valid[key])}")
     kept: list[Grid] = []
     for grid in plan.grids:
-        fixed = _fixed_values(grid.fixed)
-        if any(k in fixed and fixed[k] not in vals for k, vals in filters.items()):
-            continue
         axes = tuple((k, tuple(v for v in values if k not in filters or str(v) in filters[k])) for k, values in grid.axes)
         if all(values for _, values in axes):
             kept.append(replace(grid, axes=axes))
     if not kept:
-        raise CellFilterError(f"--cells {filters} keeps no cell of sweep {plan.table}")
+        raise CellFilterError(f"--cells {dict(filters)} keeps no cell of sweep {plan.table}")
     return replace(plan, grids=tuple(kept))
 
 
@@ -335,34 +321,35 @@ def check_extra_overrides(extra: Sequence[str]) -> None:
             raise CellFilterError("extra override 'sweep=...' is not allowed: the sweep name is the file's table")
 
 
-def compose_run_dirs(cells: Sequence[Cell], extra: Sequence[str] = (), launcher: str = "basic") -> dict[Cell, Path]:
-    """Each cell's output dir, as Hydra will make it (hydra.sweep.dir/subdir of the composed config).
+class CellDir(NamedTuple):
+    run_dir: Path    # where the cell's results.json / failed.json go
+    sweep_dir: Path  # hydra.sweep.dir of its multirun: the root to aggregate
+
+
+def compose_run_dirs(cells: Sequence[Cell], extra: Sequence[str] = (), launcher: str = "basic") -> dict[Cell, CellDir]:
+    """Each cell's output dir as Hydra will make it: hydra.sweep.dir/hydra.sweep.subdir of its composed
+    config, so user overrides of paths.log_dir or hydra.sweep.* are honoured.
 
     Composition is the slow part (~0.1 s), so cells that differ only in `seed` share one composition.
     """
     from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
 
     import noisy_prompt.config  # noqa: F401  (resolvers)
 
     tail = [*extra, *([LAUNCHERS[launcher]] if LAUNCHERS[launcher] else [])]
-    out: dict[Cell, Path] = {}
+    out: dict[Cell, CellDir] = {}
     cache: dict[tuple[str, ...], Any] = {}
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         for cell in cells:
-            seed = cell.value_of("seed")
-            overrides = [o for o in cell.overrides() if override_key(o) != "seed"] + tail
-            key = tuple(overrides)
+            seed = dict(cell.assignment).get("seed")
+            key = tuple(cell.overrides(skip=["seed"]) + tail)
             if key not in cache:
-                cache[key] = compose(config_name="run", overrides=overrides, return_hydra_config=True)
+                cache[key] = compose(config_name="run", overrides=list(key), return_hydra_config=True)
             cfg = cache[key]
             if seed is not None:
                 cfg.seed = int(seed)
-            try:
-                path = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
-            except Exception:  # a subdir naming runtime-only Hydra keys: fall back to the project's own layout
-                path = Path(str(cfg.run_dir))
-            out[cell] = path
+            sweep_dir = Path(str(cfg.hydra.sweep.dir))
+            out[cell] = CellDir(sweep_dir / str(cfg.hydra.sweep.subdir), sweep_dir)
     return out
 
 
@@ -373,17 +360,20 @@ def compose_run_dirs(cells: Sequence[Cell], extra: Sequence[str] = (), launcher:
 DONE, SKIPPED, FAILED, MISSING = "done", "skipped", "failed", "missing"
 
 
-def _stamp(path: Path) -> int | None:
+def _stamp(path: Path) -> tuple[int, int, int] | None:
     try:
-        return path.stat().st_mtime_ns
+        st = path.stat()
     except FileNotFoundError:
         return None
+    return st.st_mtime_ns, st.st_ino, st.st_size
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    results: int | None
-    failed: int | None
+    """What a cell's run dir held before the launch (results.json / failed.json identity, or None)."""
+
+    results: tuple[int, int, int] | None
+    failed: tuple[int, int, int] | None
 
     @classmethod
     def of(cls, run_dir: Path) -> "Snapshot":
@@ -457,11 +447,11 @@ def describe(plan: SweepPlan, extra: Sequence[str], launcher: str, force: bool) 
     return "\n".join(lines)
 
 
-def run_plan(plan: SweepPlan, extra: Sequence[str] = (), launcher: str = "basic", force: bool = False,
-             out=sys.stdout) -> Summary:
+def run_plan(plan: SweepPlan, dirs: Mapping[Cell, CellDir], extra: Sequence[str] = (), launcher: str = "basic",
+             force: bool = False, out=sys.stdout) -> Summary:
+    """Launch every grid of the plan (one multirun each, in order) and classify every cell."""
     cells = plan.cells()
-    dirs = compose_run_dirs(cells, extra, launcher)
-    before = {c: Snapshot.of(dirs[c]) for c in cells}
+    before = {c: Snapshot.of(dirs[c].run_dir) for c in cells}
     summary = Summary()
     for i, grid in enumerate(plan.grids, 1):
         cmd = hydra_command(grid, extra, launcher, force)
@@ -472,18 +462,17 @@ def run_plan(plan: SweepPlan, extra: Sequence[str] = (), launcher: str = "basic"
         if rc != 0:
             summary.launch_errors.append(f"multirun {i} exited with code {rc}: {shlex.join(cmd)}")
     for cell in cells:
-        summary.add(cell, dirs[cell], *cell_status(dirs[cell], before[cell]))
+        summary.add(cell, dirs[cell].run_dir, *cell_status(dirs[cell].run_dir, before[cell]))
     return summary
 
 
-def _log_roots(plan: SweepPlan, dirs: Mapping[Cell, Path]) -> list[Path]:
-    roots = []
-    for cell, path in dirs.items():
-        parts = path.parts
-        root = Path(*parts[: parts.index(cell.sweep) + 1]) if cell.sweep in parts else path.parent
-        if root not in roots:
-            roots.append(root)
-    return roots
+def slurm_plugin_available() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(SLURM_PLUGIN) is not None
+    except ModuleNotFoundError:  # no hydra_plugins namespace at all
+        return False
 
 
 def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -519,9 +508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.launcher == "slurm":
-        import importlib.util
-
-        if importlib.util.find_spec(SLURM_PLUGIN) is None:
+        if not slurm_plugin_available():
             print("error: --launcher slurm needs the Hydra submitit launcher: pip install -e .[slurm] "
                   "(hydra-submitit-launcher)", file=sys.stderr)
             return 2
@@ -536,11 +523,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # a config error: stop before launching anything
         print(f"error: a cell of {plan.table} does not compose: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
-    summary = run_plan(plan, extra, args.launcher, args.force)
+    summary = run_plan(plan, dirs, extra, args.launcher, args.force)
     print("\n" + summary.render(plan.table))
-    for root in _log_roots(plan, dirs):
-        if root.name == plan.table:
-            print(f"aggregate: python -m noisy_prompt.aggregate {shlex.quote(str(root))} --table {plan.table}")
+    roots = sorted({d.sweep_dir for c, d in dirs.items() if c.sweep == plan.table})
+    for root in roots:
+        print(f"aggregate: python -m noisy_prompt.aggregate {shlex.quote(str(root))} --table {plan.table}")
     return 0 if summary.ok else 1
 
 

@@ -92,6 +92,9 @@ def run_cell(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         dm = build_datamodule(cfg)
         dm.setup("fit")
         module = build_module(cfg, dm)
+        from noisy_prompt.methods.base import REPORT_FILE
+
+        module.report_path = str(run_dir / REPORT_FILE)
         callbacks = _instantiate_group(cfg, "callbacks")
         trainer = instantiate(cfg.trainer, default_root_dir=str(run_dir), logger=loggers or False,
                               callbacks=callbacks, enable_checkpointing=any("Checkpoint" in type(c).__name__ for c in callbacks))
@@ -99,6 +102,8 @@ def run_cell(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             last = run_dir / "checkpoints" / "last.ckpt"
             trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.is_file() else None)
         trainer.test(module, datamodule=dm, verbose=False)
+        if (run_dir / REPORT_FILE).is_file():  # written by rank 0, also when ranks were spawned processes
+            module.load_report(run_dir / REPORT_FILE)
         results = {
             "status": "ok",
             "cell": cell_keys(cfg),
@@ -112,6 +117,8 @@ def run_cell(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "wall_time_s": round(time.time() - t0, 2),
             "run_dir": str(run_dir),
         }
+        if getattr(module, "purification_history", None):
+            results["purification"] = module.purification_history
         if trainer.is_global_zero:
             from noisy_prompt.reporting.artifacts import save_run_artifacts
 

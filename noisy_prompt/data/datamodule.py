@@ -24,6 +24,29 @@ from noisy_prompt.data.transforms import describe, test_transform, train_transfo
 log = logging.getLogger(__name__)
 
 
+class UnpaddedDistributedSampler(torch.utils.data.DistributedSampler):
+    """Rank r takes items r, r+W, r+2W, ...: every item exactly once across ranks (no padding), so
+    metrics summed over ranks equal the single-process numbers. For evaluation only: ranks may get
+    one batch more or less, which evaluation tolerates and training would not."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        self.indices = list(range(rank, len(dataset), num_replicas))
+        self.num_samples = len(self.indices)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def _eval_sampler(ds: Dataset):
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        return UnpaddedDistributedSampler(ds, torch.distributed.get_world_size(), torch.distributed.get_rank())
+    return None
+
+
 class LabeledImages(Dataset):
     def __init__(self, split: ImageSplit, transform, labels: np.ndarray, clean: np.ndarray):
         self.split, self.transform, self.labels, self.clean = split, transform, labels, clean
@@ -238,20 +261,21 @@ class CLIPDataModule(L.LightningDataModule):
         if isinstance(self.train_set, LabeledFeatures):
             self.train_set.set_epoch(epoch)
 
-    def _loader(self, ds, shuffle: bool, batch_size: int, drop_last: bool = False):
+    def _loader(self, ds, shuffle: bool, batch_size: int, drop_last: bool = False, exact: bool = False):
         workers = self.num_workers if isinstance(ds, LabeledImages) else 0
         gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=gen,
-                          drop_last=drop_last, persistent_workers=workers > 0)
+        sampler = _eval_sampler(ds) if exact else None
+        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                          num_workers=workers, generator=gen, drop_last=drop_last, persistent_workers=workers > 0)
 
     def train_dataloader(self):
         return self._loader(self.train_set, True, self.batch_size)
 
     def val_dataloader(self):
-        return [] if self.val_set is None else self._loader(self.val_set, False, self.eval_batch_size)
+        return [] if self.val_set is None else self._loader(self.val_set, False, self.eval_batch_size, exact=True)
 
     def test_dataloader(self):
-        return [self._loader(ds, False, self.eval_batch_size) for ds in self.test_sets.values()]
+        return [self._loader(ds, False, self.eval_batch_size, exact=True) for ds in self.test_sets.values()]
 
     def train_eval_dataloader(self):
         return self._loader(self.train_eval_set, False, self.eval_batch_size)

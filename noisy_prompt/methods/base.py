@@ -1,36 +1,55 @@
 """What every method shares: the frozen CLIP it builds itself, metrics, optimiser, checkpoints."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+from torchmetrics.classification import MulticlassAccuracy
 
 from noisy_prompt.clip.factory import create_clip, freeze
 from noisy_prompt.methods.schedules import warmup_cosine_factor
 
 
-def _test_metrics(num_classes: int) -> MetricCollection:
-    metrics = {
-        "acc": MulticlassAccuracy(num_classes, average="micro"),
-        "per_class": MulticlassAccuracy(num_classes, average="none"),
-        "confusion": MulticlassConfusionMatrix(num_classes),
-    }
+def _first_occurrence(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    order = torch.argsort(index, stable=True)
+    sorted_idx = index[order]
+    keep = torch.ones_like(sorted_idx, dtype=torch.bool)
+    keep[1:] = sorted_idx[1:] != sorted_idx[:-1]
+    return sorted_idx[keep], order[keep]
+
+
+def classification_report(topk: torch.Tensor, label: torch.Tensor, num_classes: int) -> dict[str, Any]:
+    """Top-1/top-5 accuracy, per-class accuracy and confusion matrix (rows = true class), in percent."""
+    pred = topk[:, 0]
+    confusion = torch.bincount(label * num_classes + pred, minlength=num_classes ** 2).view(num_classes, num_classes)
+    support = confusion.sum(1)
+    per_class = torch.where(support > 0, confusion.diag() / support.clamp(min=1), torch.zeros(()))
+    report = {"acc": float((pred == label).float().mean()) * 100, "per_class": (per_class * 100).tolist(),
+              "confusion": confusion.tolist(), "num_items": int(len(label))}
     if num_classes >= 5:
-        metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
-    return MetricCollection(metrics)
+        report["acc_top5"] = float((topk[:, :5] == label[:, None]).any(1).float().mean()) * 100
+    return report
+
+
+REPORT_FILE = "module_report.json"
 
 
 class ClassifierModule(L.LightningModule):
     """Base class. Subclasses implement `logits(x)` and, if they train, `training_step`.
 
+    `REPORT_ATTRS` are written by rank 0 to `<default_root_dir>/module_report.json` after testing, so the
+    process that writes results.json sees them even when the ranks ran in spawned processes (ddp_spawn).
+
     Checkpoints hold only trainable state (`trainable_state_names`), because the frozen CLIP weights are
     reloaded from the backbone config; `strict_loading=False` lets those frozen keys be absent.
     """
+
+    REPORT_ATTRS = ("test_report", "val_history", "history")
 
     def __init__(self, backbone: dict, classnames: list[str], templates: list[str] | None = None,
                  test_sets: list[str] | None = None, input: str = "features", optim: dict | None = None,
@@ -51,10 +70,10 @@ class ClassifierModule(L.LightningModule):
         self.tokenizer = bundle.tokenizer
         self.clip_identity = bundle.identity
         self.val_acc = MulticlassAccuracy(self.num_classes, average="micro")
-        self.test_metrics = nn.ModuleDict({name: _test_metrics(self.num_classes) for name in self.test_set_names})
         self.test_report: dict[str, dict[str, Any]] = {}
         self.val_history: list[float] = []
-        self.history: dict[str, list[float]] = {}  # per-epoch means of train/* metrics, for the curves figure
+        self.history: dict[str, list[float]] = {}
+        self.report_path: str | None = None  # set by the task wrapper: where rank 0 leaves REPORT_ATTRS  # per-epoch means of train/* metrics, for the curves figure
 
     def train(self, mode: bool = True):
         # Frozen parts stay in eval mode (RN50's BatchNorm statistics must not drift); a part with
@@ -99,20 +118,51 @@ class ClassifierModule(L.LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         name = self.test_set_names[dataloader_idx]
-        self.test_metrics[name].update(self.logits(batch["x"]), batch["label"])
+        logits = self.logits(batch["x"]).float()
+        k = min(5, self.num_classes)
+        self._test_buffer.setdefault(name, []).append(
+            (batch["index"].cpu(), logits.topk(k, dim=-1).indices.cpu(), batch["label"].cpu()))
+
+    def on_test_epoch_start(self) -> None:
+        self._test_buffer: dict[str, list] = {}
+
+    def _gather_exact(self, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(top-k predictions, labels) of every test item exactly once: gathered from all ranks and
+        de-duplicated by dataset index, so DistributedSampler padding can never count an item twice and
+        the number in a table equals the single-process number."""
+        parts = self._test_buffer.get(name, [])
+        local = [torch.cat([p[i] for p in parts]) for i in range(3)] if parts else None
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and self.trainer.world_size > 1:
+            gathered = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, local)
+            gathered = [g for g in gathered if g is not None]
+        else:
+            gathered = [local] if local is not None else []
+        if not gathered:
+            return None
+        index, topk, label = (torch.cat([g[i] for g in gathered]) for i in range(3))
+        _, first = _first_occurrence(index)
+        return topk[first], label[first]
 
     def on_test_epoch_end(self) -> None:
-        for name, metrics in self.test_metrics.items():
-            values = metrics.compute()
-            report = {"acc": float(values["acc"]) * 100, "per_class": (values["per_class"] * 100).tolist(),
-                      "confusion": values["confusion"].tolist()}
-            if "acc_top5" in values:
-                report["acc_top5"] = float(values["acc_top5"]) * 100
-            self.test_report[name] = report
-            self.log(f"{name}/acc", report["acc"], sync_dist=False)
-            if "acc_top5" in report:
-                self.log(f"{name}/acc_top5", report["acc_top5"], sync_dist=False)
-            metrics.reset()
+        for name in self.test_set_names:
+            exact = self._gather_exact(name)
+            if exact is None:
+                continue
+            self.test_report[name] = classification_report(*exact, self.num_classes)
+            self.log(f"{name}/acc", self.test_report[name]["acc"], sync_dist=False, rank_zero_only=True)
+        if self.trainer.is_global_zero and self.report_path is not None:
+            self.save_report(Path(self.report_path))
+            if hasattr(self, "write_label_issues"):  # inside the rank-0 worker, where the purification lives
+                self.write_label_issues(Path(self.report_path).parent / "label_issues.csv")
+
+    def save_report(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({k: getattr(self, k) for k in self.REPORT_ATTRS}, default=float))
+
+    def load_report(self, path: Path) -> None:
+        for key, value in json.loads(Path(path).read_text()).items():
+            setattr(self, key, value)
 
     # ---- training plumbing ------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:

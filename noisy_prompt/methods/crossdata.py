@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 SOURCE_KEYS = ("model", "data", "sweep", "noise", "backbone", "seed", "log_dir")
 
 
-class SourceCheckpointError(FileNotFoundError):
+class SourceCheckpointError(RuntimeError):
     """The source cell's checkpoint is missing or does not hold a prompt context."""
 
 

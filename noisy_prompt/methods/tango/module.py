@@ -102,29 +102,39 @@ def true_labels_known(dm: Any) -> bool:
     return noise is None or getattr(noise, "protocol", "real") != "real"
 
 
+def _check_args(input: str, classifier: str, trainable_anchors: bool, beta: float, k: int, m: int | None,
+                block_size: int, mixup_alpha: float) -> None:
+    """Config errors before the (slow) backbone is built."""
+    if input != "images":
+        raise ValueError(f"TANGO fine-tunes the vision encoder, so model.input must be 'images', got {input!r}")
+    if classifier not in CLASSIFIERS:
+        raise ValueError(f"model.classifier must be one of {', '.join(CLASSIFIERS)}, got {classifier!r}")
+    if classifier == "linear" and trainable_anchors:
+        # The linear head never reads the anchors: they would get no gradient (and DDP would fail on them).
+        raise ValueError("model.trainable_anchors=true needs model.classifier=tac (the linear head ignores anchors)")
+    if not 0.0 <= float(beta) <= 1.0:
+        raise ValueError(f"model.beta must lie in [0, 1], got {beta}")
+    if int(k) < 1 or int(block_size) < 1 or (m is not None and int(m) < 1):
+        raise ValueError(f"model.k, model.m and model.block_size must be >= 1, got k={k}, m={m}, "
+                         f"block_size={block_size}")
+    if float(mixup_alpha) < 0:
+        raise ValueError(f"model.mixup_alpha must be >= 0 (0 = no mixing), got {mixup_alpha}")
+
+
 class Tango(ClassifierModule):
     trains = True
+    # Per-epoch purification stats reach results.json also when the ranks ran in spawned processes.
+    REPORT_ATTRS = (*getattr(ClassifierModule, "REPORT_ATTRS", ()), "purification_history")
 
     def __init__(self, anchors: dict | None = None, classifier: str = "tac", tau: float | None = None,
                  trainable_anchors: bool = False, beta: float = 0.5, k: int = 200, m: int | None = None,
                  block_size: int = 4096, mixup_alpha: float = 1.0, dataset: str | None = None, **kwargs):
         kwargs.setdefault("input", "images")
-        if kwargs["input"] != "images":
-            raise ValueError(f"TANGO fine-tunes the vision encoder, so model.input must be 'images', got {kwargs['input']!r}")
+        _check_args(kwargs["input"], classifier, trainable_anchors, beta, k, m, block_size, mixup_alpha)
         super().__init__(**kwargs)
-        if classifier not in CLASSIFIERS:
-            raise ValueError(f"model.classifier must be one of {', '.join(CLASSIFIERS)}, got {classifier!r}")
-        if classifier == "linear" and trainable_anchors:
-            # The linear head never reads the anchors: they would get no gradient (and DDP would fail on them).
-            raise ValueError("model.trainable_anchors=true needs model.classifier=tac (the linear head ignores anchors)")
-        if not 0.0 <= float(beta) <= 1.0:
-            raise ValueError(f"model.beta must lie in [0, 1], got {beta}")
-        if int(k) < 1 or int(block_size) < 1 or (m is not None and int(m) < 1):
-            raise ValueError(f"model.k, model.m and model.block_size must be >= 1, got k={k}, m={m}, block_size={block_size}")
-        if float(mixup_alpha) < 0:
-            raise ValueError(f"model.mixup_alpha must be >= 0 (0 = no mixing), got {mixup_alpha}")
         self.classifier = classifier
-        self.beta, self.knn_k, self.m, self.block_size = float(beta), int(k), (None if m is None else int(m)), int(block_size)
+        self.beta, self.knn_k, self.block_size = float(beta), int(k), int(block_size)
+        self.m = None if m is None else int(m)
         self.mixup_alpha = float(mixup_alpha)
         self.tau = float(self.logit_scale) if tau is None else float(tau)
         self.trainable_anchors = bool(trainable_anchors)
@@ -178,7 +188,8 @@ class Tango(ClassifierModule):
                 out.append(F.normalize(self.clip.encode_text(tokens).float(), dim=-1).cpu())
         finally:
             self.clip.to("cpu")
-        log.info("anchors: %d sentences for %d classes (source %s)", len(flat), len(sentences), self.anchor_cfg["source"])
+        log.info("anchors: %d sentences for %d classes (source %s)", len(flat), len(sentences),
+                 self.anchor_cfg["source"])
         return torch.cat(out), labels
 
     def current_anchors(self) -> Tensor:
@@ -203,11 +214,12 @@ class Tango(ClassifierModule):
     def extract_features(self, batches: Iterable[dict]) -> tuple[Tensor, Tensor, Tensor]:
         """Normalised image features, given and clean labels of a whole split, placed by `index`."""
         feats, labels, clean, order = [], [], [], []
-        # The trainer's autocast (16-mixed on GPU) also for this pass: it is the bulk of purification's cost.
-        ctx = self.trainer.precision_plugin.forward_context() if self._trainer is not None else nullcontext()
-        with ctx:
+        # The trainer's precision (autocast under 16-mixed) also for this pass: it is the bulk of purification's cost.
+        plugin = self.trainer.precision_plugin if self._trainer is not None else None
+        with plugin.forward_context() if plugin is not None else nullcontext():
             for batch in batches:
-                feats.append(self.image_features(batch["x"].to(self.device)))
+                x = batch["x"].to(self.device, non_blocking=True)
+                feats.append(self.image_features(plugin.convert_input(x) if plugin is not None else x))
                 labels.append(torch.as_tensor(batch["label"]))
                 clean.append(torch.as_tensor(batch["clean_label"]))
                 order.append(torch.as_tensor(batch["index"]))

@@ -1,0 +1,620 @@
+"""Sweeps: every sweeps/*.yaml cell composes, the paper tables' sweeps hold exactly the tables' cells,
+the runner's filter / dry-run / summary behave, the SLURM launcher config composes, and the
+cross-dataset evaluation preset loads (or clearly fails to find) its source prompt."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import get_class
+from omegaconf import OmegaConf, open_dict
+
+import noisy_prompt.config  # noqa: F401  (resolvers)
+from noisy_prompt import sweep as sw
+from noisy_prompt.config import cell_keys, ctor_kwargs
+from noisy_prompt.methods.crossdata import (
+    CrossDataEval,
+    SourceCheckpointError,
+    source_checkpoint_path,
+    source_run_dir,
+)
+from noisy_prompt.reporting.aggregate import CellKey
+from noisy_prompt.reporting.tables import TABLES, load_paper_numbers
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml"))
+PAPER_TABLES = ("dpsep_table1", "dpsep_table2", "dpsep_table3", "dpsep_table4",
+                "tango_table1", "tango_table2", "tango_table3", "tango_table4")
+# Cells whose run dirs are under the table's own sweep dir (dpsep_table3's training stage runs in
+# dpsep_table1's), and the backbone each paper table uses.
+EXPECTED_CELLS = {"dpsep_table1": 378, "dpsep_table2": 12, "dpsep_table3": 216, "dpsep_table4": 75,
+                  "tango_table1": 12, "tango_table2": 12, "tango_table3": 72, "tango_table4": 9,
+                  "synthetic_mini": 6, "synthetic_dpsep": 84, "synthetic_tango": 60}
+EXPECTED_BACKBONES = {"dpsep_table1": {"vit_b32"}, "dpsep_table2": {"vit_b32"}, "dpsep_table3": {"vit_b32"},
+                      "dpsep_table4": {"vit_b32"}, "tango_table1": {"vit_b16"}, "tango_table2": {"vit_b16"},
+                      "tango_table3": {"vit_b16"}, "tango_table4": {"vit_b16", "vit_b32", "siglip"},
+                      "synthetic_mini": {"synthetic"}, "synthetic_dpsep": {"synthetic"}, "synthetic_tango": {"synthetic"}}
+
+
+# --------------------------------------------------------------------------------------------------
+# Composition, fast: a cell's config is its (model, data, other overrides) composition with the noise
+# and backbone nodes of its choices put in, because those two groups own their packages alone (checked
+# against full compositions in test_node_substitution_equals_full_composition).
+
+SUBSTITUTED = ("noise", "backbone")
+_compositions: dict[tuple[str, ...], OmegaConf] = {}
+_put_in: dict[tuple[int, str], str] = {}  # (composition, group) -> the choice whose node it holds now
+_resolved: set[tuple] = set()
+_records: dict[tuple, dict] = {}
+
+
+def _compose(overrides: list[str] | tuple[str, ...]):
+    key = tuple(overrides)
+    if key not in _compositions:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            _compositions[key] = compose(config_name="run", overrides=list(key), return_hydra_config=True)
+    return _compositions[key]
+
+
+def _split(cell: sw.Cell) -> tuple[list[str], dict[str, str]]:
+    """(overrides composed as such, {group: choice} put in afterwards; also sweep and seed)."""
+    base, plain = [], {}
+    touched = {sw.override_key(o).split(".")[0] for o in cell.overrides() if "." in sw.override_key(o)}
+    for o in cell.overrides():
+        key = sw.override_key(o)
+        if key in ("sweep", "seed") or (key in SUBSTITUTED and key not in touched):
+            plain[key] = o.split("=", 1)[1]
+        else:
+            base.append(o)
+    return base, plain
+
+
+def cell_config(cell: sw.Cell):
+    """The composed config of a cell (a shared object: read it before the next call)."""
+    base, plain = _split(cell)
+    cfg = _compose(base)
+    with open_dict(cfg):
+        for group in SUBSTITUTED:
+            if group in plain and _put_in.get((id(cfg), group)) != plain[group]:
+                cfg[group] = _compose([f"{group}={plain[group]}"])[group]
+                _put_in[(id(cfg), group)] = plain[group]
+        cfg.sweep = plain["sweep"]
+        if "seed" in plain:
+            cfg.seed = int(plain["seed"])
+    return cfg
+
+
+def _resolve_all(cfg) -> dict:
+    return {k: OmegaConf.to_container(cfg[k], resolve=True)
+            for k in ("model", "data", "noise", "backbone", "trainer", "callbacks", "logger", "paths")}
+
+
+def cell_record(cell: sw.Cell) -> dict:
+    """What results.json's `cell` will say for this cell, and its run dir; every group resolved once per
+    distinct (model, data, noise, backbone, overrides)."""
+    memo = (cell, os.environ.get("NOISY_PROMPT_LOGS"))
+    if memo not in _records:
+        cfg = cell_config(cell)
+        key = tuple(o for o in cell.overrides() if sw.override_key(o) not in ("seed", "sweep"))
+        if key not in _resolved:
+            _resolve_all(cfg)  # raises on a broken interpolation or a missing key
+            _resolved.add(key)
+        _records[memo] = {**cell_keys(cfg), "run_dir": str(cfg.run_dir)}
+    return dict(_records[memo])
+
+
+@pytest.fixture
+def logs(tmp_path, monkeypatch):
+    root = tmp_path / "logs"
+    monkeypatch.setenv("NOISY_PROMPT_LOGS", str(root))
+    return root
+
+
+@pytest.fixture(scope="module")
+def table_logs(tmp_path_factory):
+    """One log root for the tests that read many cells, so they share cell records."""
+    root = tmp_path_factory.mktemp("sweep_logs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NOISY_PROMPT_LOGS", str(root))
+        yield root
+
+
+# --------------------------------------------------------------------------------------------------
+# The sweep files
+
+
+def test_every_sweep_file_is_listed_and_every_table_has_a_sweep():
+    names = {p.stem for p in SWEEP_FILES}
+    assert names == set(EXPECTED_CELLS)
+    assert set(PAPER_TABLES) | {"synthetic_mini", "synthetic_dpsep", "synthetic_tango"} == set(TABLES)
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.stem)
+def test_sweep_file_loads_and_names_its_table(path):
+    plan = sw.load_sweep(path)
+    assert plan.table == path.stem
+    assert plan.table in TABLES, f"{path}: table {plan.table!r} is not an aggregate TableSpec"
+    cells = plan.cells()
+    assert len(set(cells)) == len(cells), "a cell is listed twice"
+    assert path.read_text().startswith("#"), "document the table, recipe and paper numbers at the top"
+    own = [c for c in cells if c.sweep == plan.table]
+    assert len(own) == EXPECTED_CELLS[plan.table]
+    seeds = {dict(c.assignment).get("seed") for c in own}
+    assert seeds == ({1} if plan.table == "synthetic_mini" else {1, 2, 3})
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.stem)
+def test_every_cell_composes_into_its_own_run_dir(path, table_logs):
+    plan = sw.load_sweep(path)
+    records = [cell_record(c) for c in plan.cells()]
+    for cell, rec in zip(plan.cells(), records):
+        values = dict(cell.assignment)
+        assert rec["model"] == values.get("model.name", values.get("model", rec["model"]))
+        for key in ("data", "noise", "backbone", "seed"):
+            if key in values:
+                assert str(rec[key]) == str(values[key]), (cell.label(), key)
+        assert rec["sweep"] == cell.sweep
+        assert rec["run_dir"].startswith(str(table_logs / cell.sweep) + os.sep)
+    assert len({r["run_dir"] for r in records}) == len(records), "two cells share a run dir"
+    assert {r["backbone"] for r in records if r["sweep"] == plan.table} == EXPECTED_BACKBONES[plan.table]
+
+
+@pytest.mark.parametrize("index", [0, -1])
+def test_node_substitution_equals_full_composition(index, table_logs):
+    # The fast path above must give what Hydra gives for the whole override list.
+    for table in ("dpsep_table1", "dpsep_table3", "tango_table4", "synthetic_tango"):
+        cell = sw.load_sweep(table).cells()[index]
+        fast = _resolve_all(cell_config(cell))
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            full = compose(config_name="run", overrides=cell.overrides())
+        assert fast == _resolve_all(full), cell.label()
+        assert cell_record(cell)["run_dir"] == full.run_dir
+
+
+@pytest.mark.parametrize("table", [*PAPER_TABLES, "synthetic_dpsep", "synthetic_tango"])
+def test_sweep_cells_are_exactly_the_tables_cells(table, table_logs):
+    spec = TABLES[table]
+    paper = load_paper_numbers(spec)
+    filters = {}
+    for row in spec.rows:
+        if row.match is None:
+            continue  # a baseline the paper has and this project does not run
+        for col in spec.columns:
+            if paper:  # the cell is one the paper prints
+                assert col.label in paper[row.labels], (row.labels, col.label)
+            filters[(row.labels, col.label)] = spec.cell_filter(row, col)
+    assert not paper or {labels for labels, _ in filters} <= set(paper)
+    records = [cell_record(c) for c in sw.load_sweep(table).cells() if c.sweep == table]
+    keys = [CellKey(r["model"], r["data"], r["noise"], r["backbone"], r["train_data"]) for r in records]
+    for rec, key in zip(records, keys):
+        assert any(key.matches(f) for f in filters.values()), f"{key.label()} is in no cell of table {table}"
+    for where, filt in filters.items():
+        hits = [(k, r["seed"]) for k, r in zip(keys, records) if k.matches(filt)]
+        assert sorted(s for _, s in hits) == [1, 2, 3], (where, hits)
+        assert len({k for k, _ in hits}) == 1, f"{where}: several configs would be averaged: {hits}"
+
+
+def test_dpsep_table1_has_7_datasets_2_methods_9_noises_3_seeds(table_logs):
+    recs = [cell_record(c) for c in sw.load_sweep("dpsep_table1").cells()]
+    assert len(recs) == 7 * 2 * 9 * 3 == 378
+    assert len({r["data"] for r in recs}) == 7 and {r["model"] for r in recs} == {"ptnl", "dpsep"}
+    assert len({r["noise"] for r in recs}) == 9
+
+
+def test_dpsep_table3_trains_table1_imagenet_cells_then_evaluates_across_datasets(table_logs):
+    plan = sw.load_sweep("dpsep_table3")
+    train = [cell_record(c) for c in plan.cells() if c.sweep == "dpsep_table1"]
+    table1 = [cell_record(c) for c in sw.load_sweep("dpsep_table1").cells()]
+    assert sorted(map(str, train)) == sorted(str(r) for r in table1 if r["data"] == "imagenet")
+    evals = [c for c in plan.cells() if c.sweep == "dpsep_table3"]
+    assert [c.sweep for c in plan.cells()] == ["dpsep_table1"] * 54 + ["dpsep_table3"] * 216  # training first
+    for cell in evals[:3]:
+        cfg = cell_config(cell)
+        assert cfg.model._target_ == "noisy_prompt.methods.crossdata.CrossDataEval"
+        assert cfg.train_data == "imagenet" and cfg.model.name == cfg.model.source.model
+        src = OmegaConf.to_container(cfg.model.source, resolve=True)
+        # The stage-1 cell of the same method, noise, backbone and seed.
+        twin = next(r for r in train if (r["model"], r["noise"], r["seed"]) ==
+                    (cfg.model.name, cfg.noise.name, cfg.seed))
+        assert source_run_dir(src) == Path(twin["run_dir"])
+
+
+# --------------------------------------------------------------------------------------------------
+# The runner: filters, commands, dry run, summary
+
+
+def test_cells_filter_keeps_one_row_or_some_columns():
+    plan = sw.load_sweep("dpsep_table1")
+    one_row = sw.filter_plan(plan, sw.parse_cell_filters(["data=ucf101"]))
+    assert len(one_row.cells()) == 2 * 9 * 3
+    assert {dict(c.assignment)["data"] for c in one_row.cells()} == {"ucf101"}
+    cols = sw.filter_plan(plan, sw.parse_cell_filters(["noise=sym50,sym80", "seed=1"]))
+    assert {dict(c.assignment)["noise"] for c in cols.cells()} == {"sym50", "sym80"}
+    assert len(cols.cells()) == 2 * 7 * 2
+    assert "noise=sym50,sym80" in sw.hydra_command(cols.grids[0]) and "seed=1" in sw.hydra_command(cols.grids[0])
+
+
+def test_cells_filter_across_stages():
+    plan = sw.load_sweep("dpsep_table3")
+    evals_only = sw.filter_plan(plan, {"data": ["ucf101"]})
+    assert {c.sweep for c in evals_only.cells()} == {"dpsep_table3"} and len(evals_only.cells()) == 2 * 9 * 3
+    dpsep = sw.filter_plan(plan, {"model": ["dpsep"], "model.name": ["dpsep"]})
+    assert [len(g.cells()) for g in dpsep.grids] == [9 * 3, 4 * 9 * 3]
+
+
+@pytest.mark.parametrize("filters, message", [
+    (["dataset=ucf101"], "unknown key 'dataset'.*valid keys: model, data, noise, seed"),
+    (["data=ucf102"], "data has no value 'ucf102'.*valid values: imagenet, caltech101"),
+    (["backbone=vit_b32"], "unknown key 'backbone'"),  # fixed by the recipe, not a grid key
+    (["data"], "key=value"),
+])
+def test_cells_filter_rejects_bad_keys_and_values(filters, message):
+    with pytest.raises(sw.CellFilterError, match=message):
+        sw.filter_plan(sw.load_sweep("dpsep_table1"), sw.parse_cell_filters(filters))
+
+
+def test_cli_rejects_a_bad_filter_and_a_swept_extra_override(capsys, monkeypatch):
+    monkeypatch.setattr(sw.subprocess, "run", lambda *a, **k: pytest.fail("nothing may run"))
+    assert sw.main(["dpsep_table1", "--cells", "data=nope"]) == 2
+    assert "valid values" in capsys.readouterr().err
+    assert sw.main(["synthetic_mini", "--", "model.lam=0.1,0.2"]) == 2
+    assert "sweeps several values" in capsys.readouterr().err
+    assert sw.main(["no_such_table"]) == 2
+    assert "known sweeps: dpsep_table1" in capsys.readouterr().err
+
+
+def test_dry_run_prints_the_commands_and_cells_and_runs_nothing(capsys, monkeypatch):
+    monkeypatch.setattr(sw.subprocess, "run", lambda *a, **k: pytest.fail("--dry-run must not run anything"))
+    assert sw.main(["dpsep_table3", "--dry-run", "--cells", "noise=sym50", "seed=1", "--force", "--", "trainer.max_epochs=2"]) == 0
+    out = capsys.readouterr().out
+    assert "10 cells in 2 multirun(s)" in out
+    assert ("-m noisy_prompt.run -m sweep=dpsep_table1 backbone=vit_b32 model=ptnl,dpsep data=imagenet noise=sym50 "
+            "seed=1 force=true trainer.max_epochs=2") in out
+    assert ("sweep=dpsep_table3 backbone=vit_b32 model=crossdata_eval model.source.sweep=dpsep_table1 "
+            "model.source.data=imagenet ++train_data=imagenet model.name=ptnl,dpsep "
+            "data=oxford_pets,food101,dtd,ucf101 noise=sym50 seed=1") in out
+    assert "model.name=dpsep data=ucf101 noise=sym50 seed=1  [sweep=dpsep_table3]" in out
+
+
+def test_module_entry_point_dry_run_from_another_directory(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-m", "noisy_prompt.sweep", "synthetic_mini", "--dry-run"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "noisy_prompt.run -m sweep=synthetic_mini backbone=synthetic data.recipe.prompt.max_epochs=5 " \
+           "model=zeroshot,coop,dpsep data=synthetic noise=clean,sym50 seed=1" in r.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_printed_command_is_the_one_hydra_runs():
+    grid = sw.load_sweep("synthetic_mini").grids[0]
+    cmd = sw.hydra_command(grid, ["trainer.max_epochs=1"], launcher="slurm", force=True, python="python")
+    assert cmd[:4] == ["python", "-m", "noisy_prompt.run", "-m"]
+    assert cmd[-3:] == ["force=true", "hydra/launcher=slurm", "trainer.max_epochs=1"]
+    assert sw.format_value("a b") == "'a b'" and sw.format_value("sym12.5") == "sym12.5" and sw.format_value(3) == "3"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("table: t\ngrids: [{model: [coop]}]\nextra: 1\n", "unknown keys \\['extra'\\]"),
+    ("table: t\noverrides: [model=coop]\ngrids: [{model: [coop]}]\n", "both in the grid and in the fixed overrides"),
+    ("table: t\ngrids: [{model: []}]\n", "non-empty list"),
+    ("table: t\ngrids: [{model: [coop, coop]}]\n", "lists a value twice"),
+    ("table: t\ngrids: [{model: coop}]\n", "non-empty list"),
+    ("table: t\noverrides: ['seed=1,2']\ngrids: [{model: [coop]}]\n", "sweeps several values"),
+    ("table: t\ngrids: [{model: [coop]}]\nstages: []\n", "exactly one of 'grids' or 'stages'"),
+    ("table: t\nstages: [{grids: [{model: [coop]}], note: x}]\n", "stage 1: unknown keys"),
+    ("grids: [{model: [coop]}]\n", "'table' must be a name"),
+])
+def test_malformed_sweep_files_are_rejected_with_the_file_named(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(sw.SweepFileError, match=message) as err:
+        sw.load_sweep(path)
+    assert str(path) in str(err.value)
+
+
+MINI = """\
+# a test sweep
+table: synthetic_mini
+overrides: [backbone=synthetic]
+grids:
+  - model: [zeroshot, coop, dpsep]
+    data: [synthetic]
+    noise: [clean, sym50]
+    seed: [1]
+"""
+
+
+def _write(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload))
+
+
+def test_summary_counts_done_skipped_failed_and_missing(tmp_path, logs, capsys, monkeypatch):
+    sweep_file = tmp_path / "mini.yaml"
+    sweep_file.write_text(MINI)
+    cell_dir = lambda m, n: logs / "synthetic_mini" / m / "synthetic" / n / "synthetic" / "seed1"  # noqa: E731
+    _write(cell_dir("zeroshot", "clean") / "results.json", {"status": "ok"})        # finished earlier
+    _write(cell_dir("dpsep", "clean") / "failed.json", {"error": "old failure"})    # not retried below
+    launched = []
+
+    def fake_multirun(cmd, env=None, **kw):
+        launched.append(cmd)
+        assert env["PYTHONPATH"].split(os.pathsep)[0] == str(sw.REPO_ROOT)
+        _write(cell_dir("zeroshot", "sym50") / "results.json", {"status": "ok"})
+        _write(cell_dir("coop", "clean") / "results.json", {"status": "ok"})
+        _write(cell_dir("coop", "sym50") / "failed.json", {"error": "RuntimeError: boom\nTraceback..."})
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(sw.subprocess, "run", fake_multirun)
+    assert sw.main([str(sweep_file), "--force"]) == 1
+    out = capsys.readouterr().out
+    assert len(launched) == 1 and "force=true" in launched[0]
+    assert "6 cells: 2 done, 1 skipped (already had results.json), 1 failed, 2 missing" in out
+    assert "FAILED  model=coop data=synthetic noise=sym50 seed=1" in out and "RuntimeError: boom" in out
+    assert "Traceback" not in out
+    assert f"aggregate: python -m noisy_prompt.aggregate {logs / 'synthetic_mini'} --table synthetic_mini" in out
+
+
+def test_summary_is_clean_when_every_cell_finishes(tmp_path, logs, capsys, monkeypatch):
+    sweep_file = tmp_path / "mini.yaml"
+    sweep_file.write_text(MINI)
+    plan = sw.load_sweep(sweep_file)
+    dirs = sw.compose_run_dirs(plan.cells())
+
+    def fake_multirun(cmd, env=None, **kw):
+        for d in dirs.values():
+            _write(d.run_dir / "results.json", {"status": "ok"})
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(sw.subprocess, "run", fake_multirun)
+    assert sw.main([str(sweep_file)]) == 0
+    assert "6 cells: 6 done, 0 skipped (already had results.json), 0 failed, 0 missing" in capsys.readouterr().out
+    monkeypatch.setattr(sw.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1))
+    assert sw.main([str(sweep_file)]) == 1  # all skipped, but the multirun itself failed
+    assert "launch error: multirun 1 exited with code 1" in capsys.readouterr().out
+
+
+def test_run_dirs_follow_user_overrides_of_the_log_dir(tmp_path, logs):
+    cell = sw.load_sweep("synthetic_mini").cells()[0]
+    other = tmp_path / "elsewhere"
+    (d,) = sw.compose_run_dirs([cell], [f"paths.log_dir={other}"]).values()
+    assert d.run_dir == other / "synthetic_mini" / "zeroshot" / "synthetic" / "clean" / "synthetic" / "seed1"
+    assert d.sweep_dir == other / "synthetic_mini"
+
+
+# --------------------------------------------------------------------------------------------------
+# SLURM launcher config
+
+# Keys of hydra-submitit-launcher 1.2's SlurmQueueConf (its public configuration API).
+SUBMITIT_SLURM_KEYS = {
+    "_target_", "submitit_folder", "timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "mem_gb",
+    "nodes", "name", "stderr_to_stdout", "partition", "qos", "comment", "constraint", "exclude", "gres",
+    "cpus_per_gpu", "gpus_per_task", "mem_per_gpu", "mem_per_cpu", "account", "signal_delay_s", "max_num_timeout",
+    "additional_parameters", "array_parallelism", "setup",
+}
+
+
+def _plugin_installed() -> bool:
+    return sw.slurm_plugin_available()
+
+
+@pytest.fixture
+def submitit_slurm_schema():
+    """The plugin's `hydra/launcher/submitit_slurm` node, or a stand-in when the plugin is absent."""
+    if _plugin_installed():
+        import hydra_plugins.hydra_submitit_launcher.config  # noqa: F401  (registers the schema)
+
+        yield
+        return
+    from hydra.core.config_store import ConfigStore
+
+    repo = ConfigStore.instance().repo
+    ConfigStore.instance().store(group="hydra/launcher", name="submitit_slurm", provider="test",
+                                 node={"_target_": "stand.in.SlurmLauncher", "submitit_folder": "unset"})
+    yield
+    repo["hydra"]["launcher"].pop("submitit_slurm.yaml", None)
+
+
+def _launcher_cfg(*overrides):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="run", overrides=["sweep=dpsep_table1", "hydra/launcher=slurm", *overrides],
+                      return_hydra_config=True)
+    return cfg.hydra.launcher, cfg
+
+
+def test_slurm_launcher_settings_resolve(submitit_slurm_schema, logs, monkeypatch):
+    for var in ("PARTITION", "ACCOUNT", "QOS", "TIMEOUT_MIN", "CPUS", "MEM_GB", "MAX_JOBS"):
+        monkeypatch.delenv(f"NOISY_PROMPT_SLURM_{var}", raising=False)
+    launcher, _ = _launcher_cfg()
+    own = set(OmegaConf.load(CONF / "hydra" / "launcher" / "slurm.yaml")) - {"defaults"}
+    assert own <= SUBMITIT_SLURM_KEYS, own - SUBMITIT_SLURM_KEYS
+    values = OmegaConf.to_container(launcher, resolve=True)
+    assert values["gpus_per_node"] == 1 and values["tasks_per_node"] == 1 and values["nodes"] == 1
+    assert values["timeout_min"] == 720 and isinstance(values["cpus_per_task"], int)
+    assert values["partition"] is None and values["account"] is None
+    assert values["submitit_folder"] == str(logs / "dpsep_table1" / ".submitit" / "%j")
+    monkeypatch.setenv("NOISY_PROMPT_SLURM_PARTITION", "gpu-a100")
+    monkeypatch.setenv("NOISY_PROMPT_SLURM_TIMEOUT_MIN", "90")
+    launcher, _ = _launcher_cfg("hydra.launcher.mem_gb=64")
+    assert (launcher.partition, launcher.timeout_min, launcher.mem_gb) == ("gpu-a100", 90, 64)
+
+
+@pytest.mark.skipif(not _plugin_installed(), reason="hydra-submitit-launcher is not installed (optional extra: "
+                    "pip install -e .[slurm]); the launcher was checked against a stand-in schema only")
+def test_slurm_launcher_composes_with_the_plugin(logs):
+    launcher, _ = _launcher_cfg()
+    assert get_class(launcher._target_).__name__ == "SlurmLauncher"
+    assert launcher.gpus_per_node == 1
+
+
+def test_cli_says_which_extra_slurm_needs(capsys, monkeypatch):
+    if _plugin_installed():
+        pytest.skip("hydra-submitit-launcher is installed: the missing-plugin message cannot show")
+    monkeypatch.setattr(sw.subprocess, "run", lambda *a, **k: pytest.fail("nothing may run"))
+    assert sw.main(["synthetic_mini", "--launcher", "slurm"]) == 2
+    assert "pip install -e .[slurm]" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------
+# Cross-dataset evaluation (DP-SEP Table 3)
+
+
+def _crossdata_cfg(*extra):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="run", overrides=["sweep=dpsep_table3", "model=crossdata_eval", "data=dtd",
+                                                     "noise=sym50", "backbone=vit_b32", "seed=2", *extra])
+
+
+def _build(cfg, classnames=("banded", "woven")):
+    kwargs = ctor_kwargs(cfg, "model")
+    target = kwargs.pop("_target_")
+    return get_class(target)(**kwargs, backbone=OmegaConf.to_container(cfg.backbone, resolve=True),
+                             classnames=list(classnames), seed=int(cfg.seed))
+
+
+def test_crossdata_preset_composes_as_a_cross_dataset_cell(logs):
+    cfg = _crossdata_cfg("model.name=dpsep", "++train_data=imagenet")
+    keys = cell_keys(cfg)
+    assert (keys["model"], keys["data"], keys["train_data"], keys["noise"]) == ("dpsep", "dtd", "imagenet", "sym50")
+    assert cfg.run_dir == str(logs / "dpsep_table3" / "dpsep" / "dtd" / "sym50" / "vit_b32" / "seed2")
+    src = ctor_kwargs(cfg, "model")["source"]
+    assert source_checkpoint_path(src) == \
+        logs / "dpsep_table1" / "dpsep" / "imagenet" / "sym50" / "vit_b32" / "seed2" / "checkpoints" / "last.ckpt"
+    assert cfg.model.max_epochs == 1 and cfg.data.views == 1  # no 50 cached views of an unused train split
+
+
+def test_crossdata_missing_source_names_the_checkpoint_and_the_command(logs):
+    cfg = _crossdata_cfg("model.name=ptnl", "++train_data=imagenet")
+    # Raised before CLIP is built: ViT-B/32 weights are not available in tests.
+    with pytest.raises(SourceCheckpointError) as err:
+        _build(cfg)
+    text = str(err.value)
+    assert str(logs / "dpsep_table1" / "ptnl" / "imagenet" / "sym50" / "vit_b32" / "seed2" / "checkpoints" / "last.ckpt") in text
+    assert (f"python -m noisy_prompt.run sweep=dpsep_table1 model=ptnl data=imagenet noise=sym50 backbone=vit_b32 "
+            f"seed=2 paths.log_dir={logs}") in text
+
+
+def test_crossdata_needs_the_source_method_name(logs):
+    with pytest.raises(ValueError, match="set model.name=<ptnl"):
+        _build(_crossdata_cfg())
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone(tmp_path_factory):
+    import open_clip
+
+    path = tmp_path_factory.mktemp("tiny_clip") / "NoisyPromptSweepTinyCLIP.json"
+    path.write_text(json.dumps({
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }))
+    open_clip.add_model_config(path)
+    return {"model": "NoisyPromptSweepTinyCLIP", "pretrained": None, "allow_random": True, "name": "tiny"}
+
+
+def _train_source(tiny_backbone, source: dict):
+    """A CoOp cell trained for one epoch, its last.ckpt written by the project's checkpoint callback."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from noisy_prompt.methods.coop import CoOp
+
+    torch.manual_seed(0)
+    model = CoOp(backbone=tiny_backbone, classnames=["cat", "dog", "bird"], n_ctx=4, max_epochs=1, seed=1,
+                 optim={"lr": 0.5, "warmup_epochs": 0})
+    data = [{"x": torch.randn(32), "label": torch.tensor(i % 3), "index": torch.tensor(i)} for i in range(12)]
+    ckpt = ModelCheckpoint(dirpath=source_run_dir(source) / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, callbacks=[ckpt], enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=str(source_run_dir(source)))
+    trainer.fit(model, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=4))
+    return model
+
+
+def test_crossdata_loads_the_trained_context_for_the_target_classes(tmp_path, tiny_backbone):
+    import lightning as L
+
+    from noisy_prompt.methods.coop import CoOp
+
+    source = {"model": "coop", "data": "imagenet", "sweep": "t1", "noise": "sym50", "backbone": "tiny",
+              "seed": 1, "log_dir": str(tmp_path)}
+    trained = _train_source(tiny_backbone, source)
+    assert source_checkpoint_path(source).is_file()
+    target = ["red car", "blue boat"]
+    torch.manual_seed(123)  # the same random tiny CLIP for the module and its reference
+    ev = CrossDataEval(source=source, n_ctx=16, backbone=tiny_backbone, classnames=target, max_epochs=1, seed=7)
+    assert ev.trains is False and not ev.trainable_parameters()
+    assert torch.equal(ev.ctx, trained.ctx.detach())
+    torch.manual_seed(123)
+    ref = CoOp(backbone=tiny_backbone, classnames=target, n_ctx=4, max_epochs=1, seed=7)
+    assert torch.equal(ref.clip.token_embedding.weight, ev.clip.token_embedding.weight)
+    with torch.no_grad():
+        ref.ctx.copy_(trained.ctx)
+        x = torch.randn(5, 32)
+        assert ev.logits(x).shape == (5, 2)
+        assert torch.allclose(ev.logits(x), ref.logits(x), atol=1e-5)
+        assert not torch.allclose(ev.ctx, CoOp(backbone=tiny_backbone, classnames=target, n_ctx=4, seed=7).ctx)
+    test = [{"x": torch.randn(32), "label": torch.tensor(i % 2), "index": torch.tensor(i)} for i in range(6)]
+    L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+              default_root_dir=str(tmp_path / "eval")).test(
+        ev, dataloaders=torch.utils.data.DataLoader(test, batch_size=3), verbose=False)
+    with torch.no_grad():
+        expected = (ref.logits(torch.stack([t["x"] for t in test])).argmax(-1) == torch.arange(6) % 2).float().mean()
+    assert ev.test_report["test"]["acc"] == pytest.approx(100 * float(expected))
+
+
+def test_crossdata_rejects_a_checkpoint_without_a_prompt(tmp_path, tiny_backbone):
+    source = {"model": "tango", "data": "imagenet", "sweep": "t1", "noise": "sym50", "backbone": "tiny",
+              "seed": 1, "log_dir": str(tmp_path)}
+    path = source_checkpoint_path(source)
+    path.parent.mkdir(parents=True)
+    torch.save({"state_dict": {"clip.visual.proj": torch.zeros(2, 2)}}, path)
+    with pytest.raises(SourceCheckpointError, match="no prompt context 'state_dict.ctx'.*clip.visual.proj"):
+        CrossDataEval(source=source, backbone=tiny_backbone, classnames=["a", "b"], seed=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# End to end (slow): the synthetic mini-table through the real runner, twice, then aggregated
+
+
+@pytest.mark.slow
+def test_synthetic_mini_sweep_end_to_end(tmp_path):
+    logs, cache = tmp_path / "logs", tmp_path / "cache"
+    env = {**os.environ, "NOISY_PROMPT_LOGS": str(logs), "NOISY_PROMPT_CACHE": str(cache),
+           "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled",
+           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    # Two epochs instead of the sweep's five, through the same recipe key (model, schedule and cached
+    # views stay consistent).
+    cmd = [sys.executable, "-m", "noisy_prompt.sweep", "synthetic_mini", "--", "data.recipe.prompt.max_epochs=2"]
+    first = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=800)
+    summary = first.stdout[first.stdout.rfind("== synthetic_mini"):]
+    assert first.returncode == 0, f"{summary}\n--- stderr tail:\n{first.stderr[-3000:]}"
+    assert "6 cells: 6 done, 0 skipped" in summary
+
+    results = sorted((logs / "synthetic_mini").rglob("results.json"))
+    cells = {(r["cell"]["model"], r["cell"]["noise"]) for r in (json.loads(p.read_text()) for p in results)}
+    assert len(results) == 6
+    assert cells == {(m, n) for m in ("zeroshot", "coop", "dpsep") for n in ("clean", "sym50")}
+
+    second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:]
+    assert "6 cells: 0 done, 6 skipped (already had results.json), 0 failed, 0 missing" in second.stdout
+
+    agg = subprocess.run([sys.executable, "-m", "noisy_prompt.aggregate", str(logs / "synthetic_mini"),
+                          "--table", "synthetic_mini"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert agg.returncode == 0, agg.stderr
+    header = next(line for line in agg.stdout.splitlines() if line.startswith("| model |"))
+    assert header.split("|")[2:4] == [" clean ", " sym50 "]
+    for model in ("zeroshot", "coop", "dpsep"):
+        row = next(line for line in agg.stdout.splitlines() if line.startswith(f"| {model} |"))
+        assert row.count("(n=1)") == 2, row
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "logs"]  # nothing else in the cwd
