@@ -32,11 +32,15 @@ test: install
 test-fast: install
 	$(TEST_ENV) $(BIN)/pytest -q -m "not slow" $(ARGS)
 
+LOGS = $${NOISY_PROMPT_LOGS:-$$HOME/noisy_prompt/runs}
+
+# Runs every cell of sweeps/$(TABLE).yaml (finished cells are skipped), then prints the table.
 sweep: install
-	$(ENV) $(BIN)/python -m noisy_prompt.sweep $(TABLE) $(ARGS)
+	@$(ENV) $(BIN)/python -m noisy_prompt.sweep $(TABLE) $(ARGS); rc=$$?; \
+	$(BIN)/python -m noisy_prompt.aggregate $(LOGS)/$(TABLE) --table $(TABLE); exit $$rc
 
 aggregate: install
-	$(BIN)/python -m noisy_prompt.aggregate $${NOISY_PROMPT_LOGS:-$$HOME/noisy_prompt/runs}/$(TABLE) --table $(TABLE)
+	$(BIN)/python -m noisy_prompt.aggregate $(LOGS)/$(TABLE) --table $(TABLE) $(ARGS)
 
 bench: install
 	$(ENV) $(BIN)/python -m noisy_prompt.bench dpsep $(ARGS)

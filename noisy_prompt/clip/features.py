@@ -82,7 +82,9 @@ class FeatureCache:
         missing = [i for i, k in enumerate(split.keys) if k not in stored]
         if missing:
             ds = _ViewDataset(split, missing, transform, view, aug_seed)
-            loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, shuffle=False)
+            # own generator: iterating a DataLoader otherwise draws a worker seed from the global RNG
+            loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, shuffle=False,
+                                generator=torch.Generator().manual_seed(0))
             out = []
             with torch.no_grad():
                 for x in tqdm(loader, desc=desc or f"features {dataset}/{split_name} view {view}", leave=False,
