@@ -300,12 +300,13 @@ def test_label_issues_purify_on_demand(backbone, tmp_path):
 
 # ----------------------------------------------------------------------------------------- configs
 
+# data=synthetic_full selects the world's own descriptions (data.anchor_source); simple_prompts forces templates
 PRESETS = {
-    "tango": {"classifier": "tac", "beta": 0.5, "trainable_anchors": False, "source": "cupl"},
-    "tango_linear_visual": {"classifier": "linear", "beta": 0.0, "trainable_anchors": False, "source": "cupl"},
-    "tango_visual_only": {"classifier": "tac", "beta": 0.0, "trainable_anchors": False, "source": "cupl"},
-    "tango_semantic_only": {"classifier": "tac", "beta": 1.0, "trainable_anchors": False, "source": "cupl"},
-    "tango_trainable_anchors": {"classifier": "tac", "beta": 0.5, "trainable_anchors": True, "source": "cupl"},
+    "tango": {"classifier": "tac", "beta": 0.5, "trainable_anchors": False, "source": "synthetic"},
+    "tango_linear_visual": {"classifier": "linear", "beta": 0.0, "trainable_anchors": False, "source": "synthetic"},
+    "tango_visual_only": {"classifier": "tac", "beta": 0.0, "trainable_anchors": False, "source": "synthetic"},
+    "tango_semantic_only": {"classifier": "tac", "beta": 1.0, "trainable_anchors": False, "source": "synthetic"},
+    "tango_trainable_anchors": {"classifier": "tac", "beta": 0.5, "trainable_anchors": True, "source": "synthetic"},
     "tango_simple_prompts": {"classifier": "tac", "beta": 0.5, "trainable_anchors": False, "source": "templates"},
 }
 

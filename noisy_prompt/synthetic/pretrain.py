@@ -117,18 +117,6 @@ def add_random_prefix(tokens: torch.Tensor, rng: np.random.Generator, max_len: i
     return torch.tensor(new + [0] * (ctx - len(new)), dtype=tokens.dtype)
 
 
-class CaptionTokens:
-    """Tokenizer with a cache: the caption vocabulary is small, so most captions repeat."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer, self.cache = tokenizer, {}
-
-    def __call__(self, text: str) -> torch.Tensor:
-        if text not in self.cache:
-            self.cache[text] = self.tokenizer([text])[0]
-        return self.cache[text]
-
-
 def to_tensor(images: Sequence[np.ndarray], mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 HWC arrays -> normalized NCHW floats, as open_clip's eval transform does for 32px input."""
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255.0)
@@ -137,17 +125,15 @@ def to_tensor(images: Sequence[np.ndarray], mean: Sequence[float], std: Sequence
     return (x - m) / s
 
 
-def batch(cfg: PretrainConfig, step: int, tokens: CaptionTokens, mean, std) -> tuple[torch.Tensor, torch.Tensor]:
+def batch(cfg: PretrainConfig, step: int, tokenizer, mean, std) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pairs [step * B, (step + 1) * B): a pure function of the step, so a resumed run sees the same data."""
     start = step * cfg.batch_size
-    images, texts = [], []
-    for i in range(start, start + cfg.batch_size):
-        img, caption, rng = pretrain_pair(cfg, i)
-        tok = tokens(caption)
+    pairs = [pretrain_pair(cfg, i) for i in range(start, start + cfg.batch_size)]
+    texts = tokenizer([caption for _, caption, _ in pairs])
+    for row, (_, _, rng) in enumerate(pairs):
         if rng.random() < cfg.p_random_prefix:
-            tok = add_random_prefix(tok, rng, cfg.max_random_prefix)
-        images.append(img)
-        texts.append(tok)
-    return to_tensor(images, mean, std), torch.stack(texts)
+            texts[row] = add_random_prefix(texts[row], rng, cfg.max_random_prefix)
+    return to_tensor([img for img, _, _ in pairs], mean, std), texts
 
 
 def image_stats(cfg: PretrainConfig, n: int = 2048) -> tuple[list[float], list[float]]:
@@ -298,7 +284,6 @@ def train(cfg: PretrainConfig, *, fresh: bool = False, progress: bool = True) ->
         mean, std = image_stats(cfg)
 
     tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=MODEL_CFG["text_cfg"]["context_length"])
-    tokens = CaptionTokens(tokenizer)
     loss_fn = ClipLoss()
     model.train()
     t0 = time.time() - wall
@@ -306,7 +291,7 @@ def train(cfg: PretrainConfig, *, fresh: bool = False, progress: bool = True) ->
     for step in bar:
         for g in optimizer.param_groups:
             g["lr"] = lr_at(cfg, step)
-        images, texts = batch(cfg, step, tokens, mean, std)
+        images, texts = batch(cfg, step, tokenizer, mean, std)
         img_f, txt_f, scale = model(images, texts)
         loss = loss_fn(img_f, txt_f, scale)
         optimizer.zero_grad(set_to_none=True)
