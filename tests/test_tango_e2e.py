@@ -29,7 +29,7 @@ N_TRAIN, N_TEST = 30, 10  # 6 / 2 images per class of the fake tree's 5 classes
 EPOCHS = 2
 # Speed only: few anchor sentences, no figures, no checkpoint/progress callbacks. The CIFAR configs have an
 # empty data.recipe, so the epochs are set on the model (`+data.recipe.tango.max_epochs` would do the same).
-FAST = [f"model.max_epochs={EPOCHS}", "data.num_workers=0", "logger=csv", "model.anchors.k=4",
+FAST = [f"model.max_epochs={EPOCHS}", "data.num_workers=0", "logger=csv", "model.anchors.k=4", "model.k=5",
         "callbacks=none", "figures=false"]
 
 
@@ -48,7 +48,7 @@ def test_paper_cifar100n_cell_composes_with_vit_b16():
     assert data["_target_"] == "noisy_prompt.data.datamodule.CLIPDataModule"
     assert (data["name"], data["input"], data["shots"], data["val_from"]) == ("cifar100n", "images", None, "test")
     assert data["batch_size"] == 64 and cfg.trainer.max_epochs == 20
-    assert cfg.cell == "tango/cifar100n/sym50/vit_b16"
+    assert cfg.cell.startswith("tango/cifar100n/") and cfg.cell.endswith("/vit_b16")
 
     # Every key reaches a constructor that accepts it, without building anything (no ViT-B/16 weights here).
     kwargs = ctor_kwargs(cfg, "model")
@@ -91,8 +91,8 @@ def _label_issues(run_dir: Path) -> list[dict[str, str]]:
         return list(reader)
 
 
-def _check_run(run_dir: Path, given: list[int], true: list[int]) -> dict:
-    """Shared checks of a finished fake-CIFAR run; returns results.json."""
+def _check_run(run_dir: Path, given: list[int], true: list[int], classnames: list[str] = CLASSNAMES) -> dict:
+    """Shared checks of a finished run whose clean labels are known; returns results.json."""
     assert not (run_dir / "failed.json").exists()
     res = json.loads((run_dir / "results.json").read_text())
     assert res["status"] == "ok"
@@ -116,8 +116,8 @@ def _check_run(run_dir: Path, given: list[int], true: list[int]) -> dict:
     assert [int(r["index"]) for r in rows] == list(range(len(given)))
     assert [int(r["given_label"]) for r in rows] == given
     assert [int(r["true_label"]) for r in rows] == true  # filled: the clean labels are known
-    assert all(r["given_class"] == CLASSNAMES[int(r["given_label"])] for r in rows)
-    assert all(r["suggested_class"] == CLASSNAMES[int(r["suggested_label"])] for r in rows)
+    assert all(r["given_class"] == classnames[int(r["given_label"])] for r in rows)
+    assert all(r["suggested_class"] == classnames[int(r["suggested_label"])] for r in rows)
     # The csv is the last epoch's purification: its verdicts reproduce that epoch's logged detector stats.
     verdict = [r["clean_verdict"] == "1" for r in rows]
     hits = sum(v and c for v, c in zip(verdict, truly_clean))
@@ -182,24 +182,27 @@ SYNTHETIC = ["data=synthetic_full", "noise=sym60", "backbone=synthetic", "model=
 @pytest.mark.slow
 def test_synthetic_purification_beats_the_noise_and_moves(tmp_path):
     """With the built-in synthetic CLIP (it ships with the package: no skip when it is missing) the clean
-    verdicts are more often right than the noisy labels themselves, every epoch, and the purification of
+    verdicts are right more often than the noisy labels themselves, every epoch, and the purification of
     epoch 2 (epoch-1 weights) differs from the zero-shot one of epoch 1."""
+    from noisy_prompt.synthetic.dataset import read_synthetic
+    from noisy_prompt.synthetic.world import CLASSNAMES as SYNTHETIC_CLASSES
+
     _, logs = _run(SYNTHETIC, tmp_path)
     run_dir = logs / "adhoc" / "tango" / "synthetic_full" / "sym60" / "synthetic" / "seed1"
-    res = json.loads((run_dir / "results.json").read_text())
-    assert res["status"] == "ok"
+    true = [int(y) for y in read_synthetic(num_train_per_class=SYNTHETIC_PER_CLASS).train.labels]
+    given = [int(r["given_label"]) for r in _label_issues(run_dir)]
+    res = _check_run(run_dir, given, true, list(SYNTHETIC_CLASSES))
     realised = res["noise"]["realised_rate"]
-    assert 0.5 < realised < 0.6  # sym60 with the true class included, 42 classes
+    assert realised == pytest.approx(sum(g != t for g, t in zip(given, true)) / len(true))
+    assert 0.5 < realised < 0.6  # sym60 with the true class among the 42 it redraws from
     hist = res["purification"]
-    assert [h["epoch"] for h in hist] == list(range(EPOCHS))
     for h in hist:
-        assert h["noisy_label_acc"] == pytest.approx(1.0 - realised)
         assert h["num_clean"] > 0
+        # Selection is informative: a verdict "clean" is right more often than a random training label.
         assert h["precision"] > 1.0 - realised, h
-    # The clean set and the soft labels both move between epochs.
+    # Epoch 2 purifies with the fine-tuned weights: the clean set and the soft labels move. Equal sets would
+    # give equal counts and detector stats; equal soft labels equal accuracy and degree-zero counts.
     first, last = hist[0], hist[-1]
-    assert (first["num_clean"], first["precision"], first["recall"]) != (last["num_clean"], last["precision"],
-                                                                         last["recall"])
+    assert (first["num_clean"], first["precision"], first["recall"]) != (
+        last["num_clean"], last["precision"], last["recall"])
     assert (first["soft_label_acc"], first["num_degree_zero"]) != (last["soft_label_acc"], last["num_degree_zero"])
-    rows = _label_issues(run_dir)
-    assert len(rows) == SYNTHETIC_PER_CLASS * 42

@@ -115,6 +115,7 @@ class CLIPDataModule(L.LightningDataModule):
         val_from: str = "val",
         templates: list[str] | None = None,
         device: str = "cpu",
+        real_noise: bool = False,
     ):
         super().__init__()
         if input not in ("features", "images"):
@@ -133,6 +134,11 @@ class CLIPDataModule(L.LightningDataModule):
         self.crop_scale = tuple(crop_scale)
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.cache_dir, self.val_from, self._templates, self.device = cache_dir, val_from, templates, device
+        if real_noise and noise is not None and getattr(noise, "protocol", "real") != "real":
+            # Synthetic noise on top of human noise would silently change the benchmark.
+            raise ValueError(f"data={name} has real noisy labels; use noise=real (got noise={noise.name}, "
+                             f"protocol {noise.protocol})")
+        self.real_noise = real_noise
         self.splits: DatasetSplits | None = None
         self.noise_result = None
         self._ready = False
