@@ -141,7 +141,7 @@ def sample_scene(world_seed: int, split: str, index: int, style: str) -> Scene:
     sat = float(np.clip(sat * rng.uniform(0.8, 1.1), 0.0, 1.0))
     val = float(np.clip(val * rng.uniform(0.8, 1.08), 0.0, 1.0))
     rgb = colorsys.hsv_to_rgb(hue / 360.0, sat, val)
-    radius = float(rng.uniform(6.5, 13.0))
+    radius = float(rng.uniform(7.5, 13.0))
     margin = radius + 1.0
     center = (float(rng.uniform(margin, IMAGE_SIZE - margin)), float(rng.uniform(margin, IMAGE_SIZE - margin)))
     return Scene(
@@ -282,14 +282,14 @@ def _pattern(style: str, rng: np.random.Generator) -> np.ndarray | None:
         period = rng.uniform(4.0, 7.0)
         phase = np.cos(theta) * _PIX_X + np.sin(theta) * _PIX_Y
         stripes = (np.mod(phase / period + rng.uniform(), 1.0) < 0.5).astype(np.float32)
-        return (stripes - 0.5) * rng.choice([-1.0, 1.0]) * rng.uniform(0.3, 0.45)
+        return (stripes - 0.5) * rng.choice([-1.0, 1.0]) * rng.uniform(0.25, 0.4)
     if style == "dotted":
         spacing = rng.uniform(4.5, 7.0)
         ox, oy = rng.uniform(0, spacing, size=2)
         fx = np.mod(_PIX_X - ox, spacing) - spacing / 2
         fy = np.mod(_PIX_Y - oy, spacing) - spacing / 2
         dots = (fx * fx + fy * fy <= rng.uniform(1.0, 1.7) ** 2).astype(np.float32)
-        return dots * rng.choice([-1.0, 1.0]) * rng.uniform(0.3, 0.45)
+        return dots * rng.choice([-1.0, 1.0]) * rng.uniform(0.25, 0.4)
     return None
 
 
@@ -317,7 +317,7 @@ def render_scene(scene: Scene) -> np.ndarray:
     if scene.style == "dim":
         img = img * rng.uniform(0.3, 0.45)
     elif scene.style == "blurry":
-        img = _blur(img, rng.uniform(1.1, 1.6))
+        img = _blur(img, rng.uniform(0.9, 1.4))
     elif scene.style == "tinted":
         img = _tint_pixels(img)
     noise = rng.normal(0.0, rng.uniform(0.01, 0.035), size=img.shape)
