@@ -62,6 +62,10 @@ class PretrainConfig:
     p_random_prefix: float = 0.1
     max_random_prefix: int = 16
     eval_per_class: int = 32
+    model_cfg: dict | None = None  # None: MODEL_CFG
+
+    def architecture(self) -> dict:
+        return self.model_cfg or MODEL_CFG
 
     def caption_mix(self) -> CaptionMix:
         p = {s: self.p_mention_other for s in STYLES if s != "plain"}
@@ -83,7 +87,7 @@ class PretrainConfig:
             d.pop(k)
         d["style_weights"] = self.weights()
         d["caption_mix"] = self.caption_mix().to_dict()
-        d["model_cfg"] = MODEL_CFG
+        d["model_cfg"] = self.architecture()
         return d
 
 
@@ -208,13 +212,13 @@ def evaluate(model, tokenizer, mean, std, per_class: int, world_seed: int = 0) -
 # Saving
 
 
-def save_local_dir(model, out: Path, mean, std) -> None:
+def save_local_dir(model, out: Path, mean, std, model_cfg: dict = MODEL_CFG) -> None:
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
     config = {
-        "model_cfg": MODEL_CFG,
-        "preprocess_cfg": {"size": MODEL_CFG["vision_cfg"]["image_size"], "mean": mean, "std": std,
+        "model_cfg": model_cfg,
+        "preprocess_cfg": {"size": model_cfg["vision_cfg"]["image_size"], "mean": mean, "std": std,
                            "interpolation": "bicubic", "resize_mode": "shortest"},
     }
     (out / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -265,7 +269,7 @@ def train(cfg: PretrainConfig, *, fresh: bool = False, progress: bool = True) ->
     settings = cfg.rebuild_settings()
 
     torch.manual_seed(cfg.torch_seed)
-    model = build_model()
+    model = build_model(cfg.architecture())
     optimizer = make_optimizer(model, cfg)
     start, losses, wall = 0, [], 0.0
     mean, std = None, None
@@ -283,7 +287,7 @@ def train(cfg: PretrainConfig, *, fresh: bool = False, progress: bool = True) ->
     if mean is None:
         mean, std = image_stats(cfg)
 
-    tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=MODEL_CFG["text_cfg"]["context_length"])
+    tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=cfg.architecture()["text_cfg"]["context_length"])
     loss_fn = ClipLoss()
     model.train()
     t0 = time.time() - wall
@@ -311,7 +315,7 @@ def train(cfg: PretrainConfig, *, fresh: bool = False, progress: bool = True) ->
     train_wall = time.time() - t0
 
     model.eval()
-    save_local_dir(model, out, mean, std)
+    save_local_dir(model, out, mean, std, cfg.architecture())
     loaded, loaded_tok = load_local_dir(out)
     metrics = {
         "train_wall_s": round(train_wall, 1),
@@ -350,6 +354,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[PretrainConfig, bool,
     p.add_argument("--p-random-prefix", type=float, default=d.p_random_prefix)
     p.add_argument("--max-random-prefix", type=int, default=d.max_random_prefix)
     p.add_argument("--eval-per-class", type=int, default=d.eval_per_class)
+    p.add_argument("--model-cfg", type=json.loads, default=None, help="open_clip model_cfg as JSON (default: MODEL_CFG)")
     p.add_argument("--fresh", action="store_true", help="ignore a resume checkpoint in --out")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
@@ -358,7 +363,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[PretrainConfig, bool,
         weight_decay=a.weight_decay, world_seed=a.world_seed, torch_seed=a.torch_seed, threads=a.threads,
         checkpoint_every=a.checkpoint_every, style_weights=a.style_weights, p_mention_tinted=a.p_mention_tinted,
         p_mention_other=a.p_mention_other, p_random_prefix=a.p_random_prefix, max_random_prefix=a.max_random_prefix,
-        eval_per_class=a.eval_per_class,
+        eval_per_class=a.eval_per_class, model_cfg=a.model_cfg,
     )
     return cfg, a.fresh, a.no_progress
 
