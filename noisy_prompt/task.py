@@ -39,9 +39,11 @@ def build_datamodule(cfg: DictConfig):
 def build_module(cfg: DictConfig, dm):
     kwargs = ctor_kwargs(cfg, "model")
     target = kwargs.pop("_target_")
+    # The datamodule publishes class descriptions where its dataset has them (None elsewhere).
+    descriptions = getattr(dm, "class_descriptions", None)
     return get_class(target)(**kwargs, backbone=OmegaConf.to_container(cfg.backbone, resolve=True),
                              classnames=dm.classnames, templates=dm.templates, test_sets=dm.test_set_names,
-                             seed=int(cfg.seed))
+                             seed=int(cfg.seed), class_descriptions=descriptions)
 
 
 def finish_loggers(loggers: list, ok: bool) -> None:
@@ -68,7 +70,7 @@ def collect_metrics(module, dm) -> dict[str, float]:
         metrics["val/acc_best"] = max(module.val_history)
         if dm.val_from == "test":  # the test set was evaluated every epoch: the best-epoch number papers report
             metrics["test/acc_best"] = max(module.val_history + [metrics["test/acc"]])
-    metrics.update(getattr(module, "extra_metrics", lambda: {})())
+    metrics.update(module.extra_metrics())
     return metrics
 
 
@@ -98,7 +100,7 @@ def run_cell(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         callbacks = _instantiate_group(cfg, "callbacks")
         trainer = instantiate(cfg.trainer, default_root_dir=str(run_dir), logger=loggers or False,
                               callbacks=callbacks, enable_checkpointing=any("Checkpoint" in type(c).__name__ for c in callbacks))
-        if getattr(module, "trains", True):
+        if module.trains:
             last = run_dir / "checkpoints" / "last.ckpt"
             trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.is_file() else None)
         trainer.test(module, datamodule=dm, verbose=False)
@@ -117,8 +119,7 @@ def run_cell(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "wall_time_s": round(time.time() - t0, 2),
             "run_dir": str(run_dir),
         }
-        if getattr(module, "purification_history", None):
-            results["purification"] = module.purification_history
+        results.update(module.extra_results())
         if trainer.is_global_zero:
             from noisy_prompt.reporting.artifacts import save_run_artifacts
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from noisy_prompt.clip.factory import create_clip, freeze
+from noisy_prompt.clip.factory import ClipBundle, create_clip, freeze
 from noisy_prompt.methods.schedules import warmup_cosine_factor
 
 
@@ -50,12 +50,17 @@ class ClassifierModule(L.LightningModule):
     """
 
     REPORT_ATTRS = ("test_report", "val_history", "history")
+    # Whether the task calls `trainer.fit` before testing; zero-shot / eval-only modules set False.
+    trains: bool = True
 
     def __init__(self, backbone: dict, classnames: list[str], templates: list[str] | None = None,
                  test_sets: list[str] | None = None, input: str = "features", optim: dict | None = None,
-                 max_epochs: int = 1, seed: int = 1):
+                 max_epochs: int = 1, seed: int = 1, class_descriptions: dict[str, list[str]] | None = None,
+                 clip_bundle: ClipBundle | None = None):
         super().__init__()
-        self.save_hyperparameters()
+        # The prebuilt CLIP (handed over by the task so a run loads its weights once) and the dataset's
+        # descriptions are objects, not hyperparameters: checkpoints keep primitives only.
+        self.save_hyperparameters(ignore=["clip_bundle", "class_descriptions"])
         self.strict_loading = False
         self.classnames = list(classnames)
         self.num_classes = len(self.classnames)
@@ -65,7 +70,9 @@ class ClassifierModule(L.LightningModule):
         self.optim = dict(optim or {})
         self.max_epochs = int(max_epochs)
         self.seed = int(seed)
-        bundle = create_clip(**backbone)
+        # Class name -> description sentences, when the dataset publishes them (None otherwise).
+        self.class_descriptions = dict(class_descriptions) if class_descriptions else None
+        bundle = clip_bundle if clip_bundle is not None else create_clip(**backbone)
         self.clip = freeze(bundle.model)
         self.tokenizer = bundle.tokenizer
         self.clip_identity = bundle.identity
@@ -153,8 +160,21 @@ class ClassifierModule(L.LightningModule):
             self.log(f"{name}/acc", self.test_report[name]["acc"], sync_dist=False, rank_zero_only=True)
         if self.trainer.is_global_zero and self.report_path is not None:
             self.save_report(Path(self.report_path))
-            if hasattr(self, "write_label_issues"):  # inside the rank-0 worker, where the purification lives
-                self.write_label_issues(Path(self.report_path).parent / "label_issues.csv")
+            # Inside the rank-0 worker, where method state (e.g. TANGO's purification) lives, also when
+            # the ranks were spawned processes whose module objects never return to the task.
+            self.write_artifacts(Path(self.report_path).parent)
+
+    # ---- hooks the task calls (declared here, so the task never probes with getattr) ----------------
+    def extra_metrics(self) -> dict[str, float]:
+        """Method-specific numbers merged into results.json["metrics"] (aggregatable as table metrics)."""
+        return {}
+
+    def extra_results(self) -> dict[str, Any]:
+        """Method-specific records merged at the top level of results.json (e.g. TANGO's purification)."""
+        return {}
+
+    def write_artifacts(self, run_dir: Path) -> None:
+        """Extra files in the run dir, written by rank 0 inside the worker after testing."""
 
     def save_report(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

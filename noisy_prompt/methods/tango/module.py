@@ -326,6 +326,12 @@ class Tango(ClassifierModule):
                         out[f"purify/{key}_{tag}"] = float(stats[key])
         return out
 
+    def extra_results(self) -> dict[str, Any]:
+        return {"purification": list(self.purification_history)} if self.purification_history else {}
+
+    def write_artifacts(self, run_dir: Path) -> None:
+        self.write_label_issues(Path(run_dir) / "label_issues.csv")
+
     def write_label_issues(self, path: str | Path, dm: Any = None) -> Path:
         """One row per training sample from the last purification: verdict, q at the given label, Y~'s suggestion.
 
