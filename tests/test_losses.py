@@ -14,6 +14,7 @@ from noisy_prompt.losses import (
     gce_loss,
     masked_cross_entropy,
     mixup,
+    par_gate_weights,
     par_losses,
     random_derangement,
     sep_loss,
@@ -383,3 +384,88 @@ def test_low_precision_logits_are_computed_in_float32():
         assert out.dtype == torch.float32
         assert out.item() == pytest.approx(fn(half.float()).item(), abs=1e-6)
     assert sep_loss(half, targets, generator=torch.Generator().manual_seed(0))["loss"].dtype == torch.float32
+
+
+# ---------------------------------------------------------------- readings of the garbled parts (switches)
+def test_sep_sign_printed_negates_the_term_and_lowers_entropy_where_intent_raises_it():
+    logits = torch.tensor([[6.0, 0.5, -1.0], [0.0, 4.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    targets = torch.tensor([0, 1])
+    h = entropy(logits.detach())
+    steps = {}
+    for sign in ("intent", "printed"):
+        logits.grad = None
+        out = sep_loss(logits, targets, lam=0.5, sigma=0.0, sign=sign)
+        # σ = 0: intent = −λ·mean H (minimising raises H); printed = +λ·mean H (minimising lowers H)
+        expected = -0.5 * h.mean().item() if sign == "intent" else 0.5 * h.mean().item()
+        assert out["entropy_term"].item() == pytest.approx(expected, rel=1e-12)
+        assert out["ce"].item() == pytest.approx(F.cross_entropy(logits.detach(), targets).item(), rel=1e-12)
+        out["entropy_term"].backward()
+        steps[sign] = entropy(logits.detach() - logits.grad)
+    assert (steps["intent"] > h * 1.005).all()
+    assert (steps["printed"] < h * 0.995).all()
+    with pytest.raises(ValueError, match="model.sep_sign"):
+        sep_loss(logits, targets, sign="inverted")
+
+
+def test_par_gate_weights_hand_computed():
+    logits_pos, logits_neg, _, _, targets = par_example()
+    # s_pos = [0.5, 0.25], s_neg = [0.25, 0.625]
+    # μ_pos 0.4, μ_neg 0.2: row 0 holds both hinges (0.5 ≥ 0.4, 0.25 ≥ 0.2); row 1 fails A_pos (0.25 < 0.4)
+    w = par_gate_weights(logits_pos, logits_neg, targets, mu_pos=0.4, mu_neg=0.2)
+    assert w.tolist() == [1.0, 0.0]
+    # μ_neg 0.3: row 0 now fails the polarity margin (0.25 < 0.3)
+    assert par_gate_weights(logits_pos, logits_neg, targets, mu_pos=0.4, mu_neg=0.3).tolist() == [0.0, 0.0]
+    # μ_pos 0.2, μ_neg −0.5: row 1's margin is −0.375 ≥ −0.5 and 0.25 ≥ 0.2: both open
+    assert par_gate_weights(logits_pos, logits_neg, targets, mu_pos=0.2, mu_neg=-0.5).tolist() == [1.0, 1.0]
+    lp = logits_pos.clone().requires_grad_()
+    assert not par_gate_weights(lp, logits_neg, targets).requires_grad  # detached weights
+    with pytest.raises(ValueError, match="logits_neg"):
+        par_gate_weights(logits_pos, logits_neg[:, :2], targets)
+
+
+def test_gate_zeroes_ce_exactly_for_samples_whose_hinges_fail():
+    logits_pos, logits_neg, _, _, targets = par_example()
+    logits_pos = logits_pos.clone().requires_grad_()
+    w = par_gate_weights(logits_pos, logits_neg, targets, mu_pos=0.4, mu_neg=0.2)  # [1, 0]
+    out = sep_loss(logits_pos, targets, lam=0.0, sigma=0.0, ce_weights=w)
+    ce_rows = F.cross_entropy(logits_pos.detach(), targets, reduction="none")
+    # Σ w·CE / N with N = 2: row 0's CE (−log 0.5) over 2; row 1 contributes exactly nothing
+    assert out["ce"].item() == pytest.approx(ce_rows[0].item() / 2, rel=1e-12)
+    assert out["ce"].item() == pytest.approx(math.log(2) / 2, rel=1e-12)
+    out["loss"].backward()
+    assert torch.equal(logits_pos.grad[1], torch.zeros(3, dtype=torch.float64))
+    assert logits_pos.grad[0].abs().sum() > 0
+    # an infinite CE on a gated-out row cannot turn the loss into NaN
+    inf_row = torch.tensor([[0.0, -math.inf, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    finite = sep_loss(inf_row, torch.tensor([1, 0]), lam=0.0, ce_weights=torch.tensor([0.0, 1.0], dtype=torch.float64))
+    assert finite["ce"].item() == pytest.approx(math.log(3) / 2, rel=1e-12)
+    # all weights 1 = plain CE
+    ones = sep_loss(logits_pos.detach(), targets, lam=0.0, ce_weights=torch.ones(2, dtype=torch.float64))
+    assert ones["ce"].item() == pytest.approx(ce_rows.mean().item(), rel=1e-12)
+    with pytest.raises(ValueError, match="ce_weights"):
+        sep_loss(logits_pos.detach(), targets, ce_weights=torch.ones(3))
+
+
+def test_a_pos_reduction_sum_drops_the_one_over_n():
+    example = par_example()
+    mean = par_losses(*example, mu_pos=0.5, mu_neg=0.5)
+    total = par_losses(*example, mu_pos=0.5, mu_neg=0.5, a_pos_reduction="sum")
+    # hinges max(0, .5 − .5) = 0 and max(0, .5 − .25) = 0.25: mean 0.125, sum 0.25
+    assert mean["a_pos"].item() == pytest.approx(0.125, abs=1e-12)
+    assert total["a_pos"].item() == pytest.approx(0.25, abs=1e-12)
+    # the other terms keep their 1/N
+    assert total["a_neg"].item() == mean["a_neg"].item() and total["mc"].item() == mean["mc"].item()
+    with pytest.raises(ValueError, match="model.a_pos_reduction"):
+        par_losses(*example, a_pos_reduction="max")
+
+
+def test_mixup_keep_larger_is_max_of_lambda_and_its_complement():
+    data = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 3, generator=data)
+    targets = torch.softmax(torch.randn(6, 4, generator=data), 1)
+    for seed in range(20):
+        plain = mixup(x, targets, alpha=4.0, generator=torch.Generator().manual_seed(seed))
+        larger = mixup(x, targets, alpha=4.0, generator=torch.Generator().manual_seed(seed), keep_larger=True)
+        assert larger[2] == pytest.approx(max(plain[2], 1 - plain[2]), abs=1e-15)
+        assert larger[2] >= 0.5 and torch.equal(larger[3], plain[3])
+        assert torch.allclose(larger[0], larger[2] * x + (1 - larger[2]) * x[larger[3]])

@@ -5,11 +5,14 @@ from noisy_prompt.losses.derangement import (
     shift_derangement,
 )
 from noisy_prompt.losses.gce import check_logits_targets, gce_loss
-from noisy_prompt.losses.par import alpha_schedule, dpsep_total, par_losses
-from noisy_prompt.losses.sep import sep_loss
+from noisy_prompt.losses.par import A_POS_REDUCTIONS, PAR_MODES, alpha_schedule, dpsep_total, par_gate_weights, par_losses
+from noisy_prompt.losses.sep import SEP_SIGNS, sep_loss
 from noisy_prompt.losses.soft import masked_cross_entropy, mixup, soft_cross_entropy
 
 __all__ = [
+    "A_POS_REDUCTIONS",
+    "PAR_MODES",
+    "SEP_SIGNS",
     "DerangementSampler",
     "alpha_schedule",
     "check_logits_targets",
@@ -17,6 +20,7 @@ __all__ = [
     "gce_loss",
     "masked_cross_entropy",
     "mixup",
+    "par_gate_weights",
     "par_losses",
     "random_derangement",
     "sep_loss",

@@ -30,7 +30,11 @@ def soft_cross_entropy(
 
 
 def mixup(
-    x: Tensor, targets: Tensor, alpha: float = 1.0, generator: torch.Generator | None = None
+    x: Tensor,
+    targets: Tensor,
+    alpha: float = 1.0,
+    generator: torch.Generator | None = None,
+    keep_larger: bool = False,
 ) -> tuple[Tensor, Tensor, float, Tensor]:
     """Mix each sample with a random other one of the batch: x' = λ·x + (1 − λ)·x[perm].
 
@@ -38,6 +42,8 @@ def mixup(
     and the permutation both come from `generator` (else torch's default RNG), so a seeded generator
     makes the mix reproducible. λ is drawn by inverting the Beta CDF at one torch uniform, because
     torch's Beta sampler accepts no generator. α = 0 means no mixing (λ = 1, identity permutation).
+    `keep_larger=True` takes λ = max(λ, 1 − λ), so each mixed sample stays closer to its own image
+    (SSR's Mixup, used with α = 4: TANGO's `mixup: ssr` reading).
     Returns (x_mix, targets_mix, λ, perm).
     """
     if alpha < 0:
@@ -57,6 +63,8 @@ def mixup(
     gen_device = generator.device if generator is not None else torch.device("cpu")
     u = float(torch.rand((), generator=generator, device=gen_device, dtype=torch.float64))
     lam = float(scipy.special.betaincinv(alpha, alpha, u))
+    if keep_larger:
+        lam = max(lam, 1.0 - lam)
     perm = torch.randperm(n, generator=generator, device=gen_device).to(x.device)
     x_mix = lam * x + (1.0 - lam) * x[perm]
     targets_mix = lam * targets + (1.0 - lam) * targets[perm]
