@@ -12,6 +12,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from noisy_prompt.clip.prefix_forward import prefix_shared_transformer, prefix_unsupported_reason
+
 PLACEHOLDER = "X"
 
 
@@ -61,15 +63,26 @@ class TextTower:
         return x @ self.text_projection
 
 
+TEXT_PATHS = ("auto", "prefix", "cut", "full")
+
+
 class PromptTextEncoder(nn.Module):
     """Encodes `[SOS] ctx <classname>.` for every class with a given context tensor.
 
-    `cut_to_eot` truncates the sequence after the longest pooled position of the prompts in the
-    batch. Under a causal mask, tokens after that position cannot influence the pooled token, so the
-    cut is exact and saves most of the 77-token cost; towers without a causal mask keep full length.
+    Three exact ways to run the text tower (`path`, config `model.text_path`):
+    - `full`: all `context_length` (77) positions for every class, as Dassl/CoOp do;
+    - `cut`: the sequence is truncated after the longest pooled (EOT) position of the prompts in the
+      batch. Under a causal mask, later tokens cannot influence the pooled token, so this is exact;
+    - `prefix`: additionally, [SOS]+context is run once per call (it is the same for every class under
+      the causal mask) and only the class-name suffixes are batched over classes, attending to the
+      cached prefix keys/values (`prefix_forward.py`).
+    `auto` picks `prefix` where it is exact (causal mask, EOT pooling, plain open_clip blocks), else
+    `cut` where that is exact, else `full` (e.g. SigLIP's bidirectional tower). `cut_to_eot=False` is
+    the older spelling of `path="full"` and is honoured when `path="auto"`.
     """
 
-    def __init__(self, clip_model: nn.Module, tokenizer, classnames: Sequence[str], n_ctx: int, cut_to_eot: bool = True):
+    def __init__(self, clip_model: nn.Module, tokenizer, classnames: Sequence[str], n_ctx: int, cut_to_eot: bool = True,
+                 path: str = "auto"):
         super().__init__()
         self.tower = TextTower(clip_model)
         self.n_ctx = int(n_ctx)
@@ -89,7 +102,31 @@ class PromptTextEncoder(nn.Module):
         self.register_buffer("prefix", emb[:, :1].clone(), persistent=False)
         self.register_buffer("suffix", emb[:, 1 + self.n_ctx:].clone(), persistent=False)
         self.register_buffer("pool_idx", positions.clone(), persistent=False)
-        self.cut_to_eot = bool(cut_to_eot) and self.tower.causal and self.tower.pool_type in ("argmax", "eos")
+        self.requested_path = path
+        self.path = self.resolve_path(path, cut_to_eot)
+
+    def resolve_path(self, path: str, cut_to_eot: bool = True) -> str:
+        """The text path to run for the requested `path` (see the class docstring); errors name the key."""
+        if path not in TEXT_PATHS:
+            raise ValueError(f"model.text_path must be one of {TEXT_PATHS}, got {path!r}")
+        cut_ok = self.tower.causal and self.tower.pool_type in ("argmax", "eos")
+        prefix_why_not = prefix_unsupported_reason(self.tower)
+        if path == "auto":
+            if not cut_to_eot:
+                return "full"
+            return "prefix" if prefix_why_not is None else ("cut" if cut_ok else "full")
+        if path == "prefix" and prefix_why_not is not None:
+            raise ValueError(f"model.text_path=prefix is not exact for this text tower: {prefix_why_not}; "
+                             "use model.text_path=auto")
+        if path == "cut" and not cut_ok:
+            raise ValueError("model.text_path=cut needs a causal text tower pooled at the EOT token; "
+                             "use model.text_path=auto")
+        return path
+
+    @property
+    def cut_to_eot(self) -> bool:
+        """Older flag: True when the sequence is not run at full length."""
+        return self.path != "full"
 
     @property
     def width(self) -> int:
@@ -112,8 +149,10 @@ class PromptTextEncoder(nn.Module):
         if class_order is not None:
             prefix, suffix, pool = prefix[class_order], suffix[class_order], pool[class_order]
         n = prefix.shape[0]
+        if self.path == "prefix":
+            return self._forward_prefix(ctx, suffix, pool)
         x = torch.cat([prefix, ctx.unsqueeze(0).expand(n, -1, -1).to(prefix.dtype), suffix], dim=1)
-        length = int(pool.max()) + 1 if self.cut_to_eot else x.shape[1]
+        length = int(pool.max()) + 1 if self.path == "cut" else x.shape[1]
         x = x[:, :length] + self.tower.positional_embedding[:length].to(x.dtype)
         mask = self.tower.attn_mask
         if mask is not None:
@@ -122,3 +161,14 @@ class PromptTextEncoder(nn.Module):
         x = self.tower.ln_final(x)
         x = x[torch.arange(n, device=x.device), pool]
         return self.tower.project(x)
+
+    def _forward_prefix(self, ctx: torch.Tensor, suffix: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
+        # [SOS] + context once (batch of 1); class-name suffixes cut at the longest pooled position.
+        pos = self.tower.positional_embedding
+        lp = 1 + self.n_ctx
+        length = int(pool.max()) + 1
+        head = torch.cat([self.prefix[:1], ctx.unsqueeze(0).to(self.prefix.dtype)], dim=1) + pos[:lp].to(self.prefix.dtype)
+        tail = suffix[:, :length - lp] + pos[lp:length].to(suffix.dtype)
+        x = prefix_shared_transformer(self.tower.transformer.resblocks, head, tail)
+        x = x[torch.arange(x.shape[0], device=x.device), pool - lp]
+        return self.tower.project(self.tower.ln_final(x))

@@ -18,12 +18,13 @@ class CoOp(ClassifierModule):
     trains = True
 
     def __init__(self, n_ctx: int = 16, ctx_init: str | None = None, ctx_std: float = 0.02, cut_to_eot: bool = True,
-                 loss: str = "ce", gce_q: float = 0.5, **kwargs):
+                 loss: str = "ce", gce_q: float = 0.5, text_path: str = "auto", **kwargs):
         super().__init__(**kwargs)
         if loss not in ("ce", "gce"):
             raise ValueError(f"model.loss must be 'ce' or 'gce', got {loss!r}")
         self.loss_name, self.gce_q = loss, gce_q
-        self.prompt_encoder = PromptTextEncoder(self.clip, self.tokenizer, self.classnames, n_ctx, cut_to_eot=cut_to_eot)
+        self.prompt_encoder = PromptTextEncoder(self.clip, self.tokenizer, self.classnames, n_ctx, cut_to_eot=cut_to_eot,
+                                                path=text_path)
         gen = torch.Generator().manual_seed(self.seed)
         self.ctx = nn.Parameter(self.prompt_encoder.init_context(ctx_init, self.tokenizer, ctx_std, gen))
 
