@@ -1,0 +1,205 @@
+"""What the CLIP baselines (SSR, LSL, DivideMix, DeFT) share: a fine-tuned vision tower with a linear head,
+a per-epoch clean/noisy verdict over the training set, its history in results.json and `label_issues.csv`
+with TANGO's columns.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from noisy_prompt.methods.base import ClassifierModule
+from noisy_prompt.methods.tango.module import LABEL_ISSUE_COLUMNS, true_labels_known
+
+from .core import verdict_stats
+
+log = logging.getLogger(__name__)
+
+HEAD_INITS = ("zeroshot", "random")
+# Detector numbers reported as first/last-epoch metrics, under TANGO's names so one table reads all methods.
+SUMMARY_KEYS = ("clean_fraction", "precision", "recall", "soft_label_acc")
+
+
+@dataclass
+class Verdicts:
+    """The latest clean/noisy decision over the training set, in dataset order (tensors on the model's device)."""
+
+    epoch: int
+    given: Tensor  # (N,) the noisy labels trained on
+    true: Tensor | None  # (N,) clean labels where known (diagnostics only)
+    clean_mask: Tensor  # (N,) bool
+    score: Tensor  # (N,) the method's clean score at the given label (label_issues' q_score)
+    suggested: Tensor  # (N,) the label the method would use
+    confidence: Tensor  # (N,) the method's confidence in `suggested`
+
+
+def write_label_issues_csv(path: str | Path, classnames: list[str], v: Verdicts) -> Path:
+    """One row per training sample, TANGO's columns (`LABEL_ISSUE_COLUMNS`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    given = v.given.cpu().tolist()
+    true = v.true.cpu().tolist() if v.true is not None else [None] * len(given)
+    rows = zip(given, v.clean_mask.cpu().tolist(), v.score.float().cpu().tolist(), v.suggested.cpu().tolist(),
+               v.confidence.float().cpu().tolist(), true)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(LABEL_ISSUE_COLUMNS)
+        for i, (g, clean, score, s, conf, t) in enumerate(rows):
+            writer.writerow([i, g, classnames[g], int(clean), f"{score:.6g}", s, classnames[s], f"{conf:.6g}",
+                             "" if t is None else t])
+    return path
+
+
+def augment_view(x: Tensor, generator: torch.Generator, max_shift: float = 0.125) -> Tensor:
+    """A second augmented view made on the batch tensor: per-sample horizontal flip and a random translation
+    of up to `max_shift` of the side (reflect padding), drawn from `generator`.
+
+    The datamodule serves one augmented view per sample; the methods that need two (SSR's two views,
+    DivideMix's two augmentations, LSL's strong view) take the loader's view and this one [choice].
+    """
+    if x.dim() != 4:
+        raise ValueError(f"augment_view needs images (B, C, H, W), got shape {tuple(x.shape)}")
+    b, _, h, w = x.shape
+    pad = max(1, int(round(max_shift * min(h, w))))
+    flip = torch.rand(b, generator=generator) < 0.5
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).tolist()
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator).tolist()
+    out = torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
+    mode = "reflect" if pad < min(h, w) else "replicate"
+    padded = F.pad(out, (pad, pad, pad, pad), mode=mode)
+    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+
+
+def zero_shot_head(text_features: Tensor, scale: float, init: str = "zeroshot") -> nn.Linear:
+    """Linear head on normalised image features; `zeroshot` starts at CLIP's zero-shot classifier
+    (weights = scale x the class text embeddings, bias 0), `random` at PyTorch's default init."""
+    if init not in HEAD_INITS:
+        raise ValueError(f"model.head_init must be one of {HEAD_INITS}, got {init!r}")
+    head = nn.Linear(text_features.shape[1], text_features.shape[0])
+    if init == "zeroshot":
+        with torch.no_grad():
+            head.weight.copy_(scale * F.normalize(text_features.float(), dim=-1))
+            head.bias.zero_()
+    return head
+
+
+def mlp(dim_in: int, hidden: int, dim_out: int) -> nn.Sequential:
+    """SSR's projection / prediction heads (Linear-BN-ReLU-Linear)."""
+    return nn.Sequential(nn.Linear(dim_in, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                         nn.Linear(hidden, dim_out))
+
+
+class BaselineModule(ClassifierModule):
+    """Base of the CLIP baselines: the whole vision tower trains under a linear head on normalised image
+    features; subclasses compute `Verdicts` before each epoch via `score_training_set`."""
+
+    trains = True
+    # Per-epoch verdict stats reach results.json also when the ranks ran in spawned processes.
+    REPORT_ATTRS = (*ClassifierModule.REPORT_ATTRS, "purification_history")
+
+    def __init__(self, head_init: str = "zeroshot", block_size: int = 4096, **kwargs):
+        kwargs.setdefault("input", "images")
+        if kwargs["input"] != "images":
+            raise ValueError(f"{type(self).__name__} fine-tunes the vision encoder, so model.input must be 'images', "
+                             f"got {kwargs['input']!r}")
+        if head_init not in HEAD_INITS:
+            raise ValueError(f"model.head_init must be one of {HEAD_INITS}, got {head_init!r}")
+        if int(block_size) < 1:
+            raise ValueError(f"model.block_size must be >= 1, got {block_size}")
+        super().__init__(**kwargs)
+        self.head_init = head_init
+        self.block_size = int(block_size)
+        self.text_features = self.template_text_features()  # (C, D), frozen; also fixes the feature width
+        self.feature_dim = int(self.text_features.shape[1])
+        for p in self.clip.visual.parameters():
+            p.requires_grad_(True)
+        self.aug_generator = torch.Generator().manual_seed(self.seed)
+        self.mix_generator = torch.Generator().manual_seed(self.seed + 1)
+        self.verdicts: Verdicts | None = None
+        self.purification_history: list[dict[str, float]] = []
+
+    def make_head(self) -> nn.Linear:
+        return zero_shot_head(self.text_features, float(self.logit_scale), self.head_init)
+
+    # ---- verdicts ---------------------------------------------------------------------------------
+    def score_training_set(self, dm: Any = None) -> Verdicts:
+        """Compute this epoch's verdicts (and whatever per-sample state training needs) over `dm`."""
+        raise NotImplementedError
+
+    def record_verdicts(self, v: Verdicts, **extra: float) -> dict[str, float]:
+        self.verdicts = v
+        stats = verdict_stats(v.clean_mask, v.given, v.true, v.suggested)
+        stats.update({k: float(val) for k, val in extra.items()})
+        return stats
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        stats = self.update_epoch_state()
+        if stats is None:
+            return
+        self.purification_history.append({"epoch": self.current_epoch, **stats})
+        self.log_dict({f"purify/{k}": v for k, v in stats.items()}, on_step=False, on_epoch=True)
+        log.info("%s epoch %d verdicts: %s", type(self).__name__, self.current_epoch + 1,
+                 ", ".join(f"{k} {v:.4g}" for k, v in stats.items()))
+
+    def update_epoch_state(self) -> dict[str, float] | None:
+        """Before each epoch: score the training set; returns the stats to log (None: nothing this epoch)."""
+        v, extra = self.score_training_set()
+        return self.record_verdicts(v, **extra)
+
+    @staticmethod
+    def known_true(dm: Any, clean: Tensor) -> Tensor | None:
+        return clean if true_labels_known(dm) else None
+
+    # ---- hooks ------------------------------------------------------------------------------------
+    def extra_metrics(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if self.purification_history:
+            for tag, stats in (("first", self.purification_history[0]), ("last", self.purification_history[-1])):
+                for key in SUMMARY_KEYS:
+                    if key in stats:
+                        out[f"purify/{key}_{tag}"] = float(stats[key])
+        return out
+
+    def extra_results(self) -> dict[str, Any]:
+        return {"purification": list(self.purification_history)} if self.purification_history else {}
+
+    def write_artifacts(self, run_dir: Path) -> None:
+        if self.verdicts is None and (self._trainer is None or getattr(self.trainer, "datamodule", None) is None):
+            log.warning("%s: no clean/noisy verdicts in this process; label_issues.csv not written", type(self).__name__)
+            return
+        self.write_label_issues(Path(run_dir) / "label_issues.csv")
+
+    def write_label_issues(self, path: str | Path, dm: Any = None) -> Path:
+        """label_issues.csv from the last verdicts; without any in this process (a finished run resumed from its
+        last checkpoint trains no epoch) they are computed now with the current weights over `dm`."""
+        if self.verdicts is None:
+            if dm is None and (self._trainer is None or getattr(self.trainer, "datamodule", None) is None):
+                raise RuntimeError("write_label_issues needs verdicts: fit the model first or pass dm")
+            v, _ = self.score_training_set(dm)
+            self.verdicts = v
+        return write_label_issues_csv(path, self.classnames, self.verdicts)
+
+    # ---- state ------------------------------------------------------------------------------------
+    def trainable_state_names(self) -> set[str]:
+        """The vision tower(s) with their buffers and the method's own heads: everything but frozen CLIP parts."""
+        return {n for n in self.state_dict() if n.startswith("clip.visual.") or not n.startswith("clip.")}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["baseline"] = {"purification_history": list(self.purification_history),
+                                  "aug_generator": self.aug_generator.get_state(),
+                                  "mix_generator": self.mix_generator.get_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("baseline")
+        if state:
+            self.purification_history = list(state["purification_history"])
+            self.aug_generator.set_state(state["aug_generator"])
+            self.mix_generator.set_state(state["mix_generator"])
