@@ -65,3 +65,37 @@ def synthetic_dm_factory(tiny_backbone, tmp_path):
         return dm
 
     return make
+
+
+@pytest.fixture(scope="session")
+def random_clip():
+    """`random_clip(arch) -> (model, tokenizer)`: a randomly initialised open_clip model (no download),
+    built once per session and shared, frozen, by every test that asks for it (ViT-B-16 alone takes
+    seconds to initialise). Tests must not change its weights."""
+    from noisy_prompt.clip import create_clip
+
+    built: dict[str, tuple] = {}
+
+    def get(arch: str):
+        if arch not in built:
+            torch.manual_seed(0)
+            bundle = create_clip(arch, None, allow_random=True)
+            bundle.model.eval()
+            for p in bundle.model.parameters():
+                p.requires_grad_(False)
+            built[arch] = (bundle.model, bundle.tokenizer)
+        return built[arch]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def synthetic_clip():
+    """The package's built-in synthetic CLIP `(model, tokenizer)`, built once per session, frozen."""
+    from noisy_prompt.clip import create_clip
+
+    bundle = create_clip("builtin:synthetic-clip")
+    bundle.model.eval()
+    for p in bundle.model.parameters():
+        p.requires_grad_(False)
+    return bundle.model, bundle.tokenizer

@@ -1,31 +1,23 @@
 """The prompt text path must equal open_clip's encode_text for plain prompts (parity) and the EOT cut
 must be exact."""
-import open_clip
 import pytest
 import torch
 
-from noisy_prompt.clip import PromptTextEncoder, create_clip
+from noisy_prompt.clip import PromptTextEncoder
 
 NAMES = ["dog", "golden retriever", "sea_lion", "x"]
 
 
-def _random_clip(name):
-    bundle = create_clip(name, None, allow_random=True)
-    return bundle.model, bundle.tokenizer
-
-
-@pytest.fixture(scope="module")
-def synthetic():
-    b = create_clip("builtin:synthetic-clip")
-    return b.model, b.tokenizer
+@pytest.fixture
+def synthetic(synthetic_clip):
+    return synthetic_clip
 
 
 @pytest.mark.parametrize("arch", ["ViT-B-16", "RN50"])
 @pytest.mark.parametrize("cut", [True, False])
-def test_parity_random_architectures(arch, cut):
-    torch.manual_seed(0)
-    model, tok = _random_clip(arch)
-    enc = PromptTextEncoder(model, tok, NAMES, n_ctx=4, cut_to_eot=cut)
+def test_parity_random_architectures(arch, cut, random_clip):
+    model, tok = random_clip(arch)
+    enc = PromptTextEncoder(model, tok, NAMES, n_ctx=4, path="cut" if cut else "full")
     ctx = enc.init_context("a photo of a", tok)
     with torch.no_grad():
         out = enc(ctx)
@@ -43,11 +35,11 @@ def test_parity_synthetic_clip(synthetic):
         assert torch.allclose(enc(ctx), ref, atol=1e-5)
 
 
-def test_cut_equals_full_length_for_random_context_and_class_order():
+def test_cut_equals_full_length_for_random_context_and_class_order(random_clip):
     torch.manual_seed(1)
-    model, tok = _random_clip("ViT-B-32")
-    cut = PromptTextEncoder(model, tok, NAMES, n_ctx=16, cut_to_eot=True)
-    full = PromptTextEncoder(model, tok, NAMES, n_ctx=16, cut_to_eot=False)
+    model, tok = random_clip("ViT-B-32")
+    cut = PromptTextEncoder(model, tok, NAMES, n_ctx=16, path="cut")
+    full = PromptTextEncoder(model, tok, NAMES, n_ctx=16, path="full")
     ctx = torch.randn(16, cut.width) * 0.02
     order = torch.tensor([2, 0, 3, 1])
     with torch.no_grad():
@@ -56,19 +48,18 @@ def test_cut_equals_full_length_for_random_context_and_class_order():
         assert torch.allclose(cut(ctx, order), cut(ctx)[order], atol=1e-5)
 
 
-def test_gradient_reaches_context_only():
+def test_gradient_reaches_context_only(random_clip):
     torch.manual_seed(2)
-    model, tok = _random_clip("ViT-B-32")
-    for p in model.parameters():
-        p.requires_grad_(False)
+    model, tok = random_clip("ViT-B-32")  # shared and frozen: only the context can receive a gradient
     enc = PromptTextEncoder(model, tok, NAMES, n_ctx=8)
+    assert not any(p.requires_grad for p in model.parameters())
     ctx = torch.nn.Parameter(torch.randn(8, enc.width) * 0.02)
     enc(ctx).sum().backward()
     assert ctx.grad is not None and ctx.grad.abs().sum() > 0
 
 
-def test_phrase_length_must_match_n_ctx():
-    model, tok = _random_clip("ViT-B-32")
+def test_phrase_length_must_match_n_ctx(random_clip):
+    model, tok = random_clip("ViT-B-32")
     enc = PromptTextEncoder(model, tok, NAMES, n_ctx=5)
     with pytest.raises(ValueError, match="n_ctx=5"):
         enc.init_context("a photo of a", tok)
