@@ -11,10 +11,10 @@ from torch import nn
 
 from noisy_prompt.clip.prompt_encoder import PromptTextEncoder
 from noisy_prompt.losses import gce_loss
-from noisy_prompt.methods.base import ClassifierModule
+from noisy_prompt.methods.epoch_curve import EpochCurveModule
 
 
-class CoOp(ClassifierModule):
+class CoOp(EpochCurveModule):
     trains = True
 
     def __init__(self, n_ctx: int = 16, ctx_init: str | None = None, ctx_std: float = 0.02, cut_to_eot: bool = True,
