@@ -144,10 +144,8 @@ def ssr_select(vote: Tensor, working: Tensor, theta_s: float) -> tuple[Tensor, T
 def mixup_max(x: Tensor, targets: Tensor, alpha: float, generator: torch.Generator | None = None
               ) -> tuple[Tensor, Tensor, float, Tensor]:
     """Mixup with SSR/DivideMix's λ ~ Beta(α, α), λ = max(λ, 1 − λ): each mixed sample stays closer to
-    its own row. The draw (λ and permutation) is the shared `losses.soft.mixup`'s, then re-mixed."""
-    _, _, lam, perm = mixup(x, targets, alpha, generator)
-    lam = max(lam, 1.0 - lam)
-    return lam * x + (1.0 - lam) * x[perm], lam * targets + (1.0 - lam) * targets[perm], lam, perm
+    its own row. The shared `losses.soft.mixup` with `keep_larger`."""
+    return mixup(x, targets, alpha, generator, keep_larger=True)
 
 
 def feature_consistency(p: Tensor, z: Tensor) -> Tensor:
@@ -350,7 +348,8 @@ def deft_losses(pos_logits: Tensor, neg_logits: Tensor, labels: Tensor, compleme
 
 
 def symmetric_cross_entropy(logits: Tensor, labels: Tensor, alpha: float = 1.0, beta: float = 1.0) -> Tensor:
-    """SCE (Wang et al. 2019): α CE + β RCE, RCE with log 0 clamped to −4 (A = −4), per DeFT's real-noise warm-up."""
+    """SCE (Wang et al. 2019): α CE + β RCE, log 0 in RCE clamped to log 1e-4 as in the authors' code (DeFT's
+    real-noise warm-up)."""
     p = torch.softmax(logits.float(), dim=1)
     ce = F.cross_entropy(logits.float(), labels.long())
     one_hot = F.one_hot(labels.long(), logits.shape[1]).float()
