@@ -27,10 +27,11 @@ from noisy_prompt.methods.tango.purification import (
     knn_label_vote,
     purify,
     purify_dense,
+    resolve_k,
     semantic_to_vision,
     vision_to_semantic,
 )
-from noisy_prompt.methods.tango.tac import class_anchor_table, tac_log_probs
+from noisy_prompt.methods.tango.tac import class_anchor_table, tac_log_probs, tac_temperature
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -436,3 +437,93 @@ def test_default_aliases_are_normalised_class_names():
         for name, key in aliases.items():
             assert name == anchors_mod.normalise_key(name), (dataset, name)
             assert anchors_mod.normalise_key(key) != name, (dataset, name)
+
+
+# ------------------------------------------------------------------------ readings of section 4b (switches)
+def test_k_auto_is_four_tenths_of_images_per_class():
+    assert resolve_k("auto", 50_000, 100) == 200  # CIFAR-100: the paper's k
+    assert resolve_k("auto", 2_520, 42) == 24  # 60 images per class: round(24.0)
+    assert resolve_k("auto", 130, 10) == 5  # round(5.2)
+    assert resolve_k("auto", 10, 5) == 1  # round(0.8) = 1, and never below 1
+    assert resolve_k("auto", 6, 6) == 1
+    assert resolve_k(200, 10, 5) == 200 and resolve_k(7.0, 10, 5) == 7  # integers pass (capped later)
+    for bad in ("fast", 0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="model.k must be a positive integer or 'auto'"):
+            resolve_k(bad, 100, 10)
+
+
+def test_purify_with_k_auto_equals_the_resolved_integer_and_is_capped():
+    feats, noisy, clean, anchors, a_labels = _clustered(20, 5, 8, 4, spread=0.9, seed=3, flip=0.4)
+    auto = purify(feats, noisy, anchors, a_labels, 5, k="auto", clean_labels=clean)
+    fixed = purify(feats, noisy, anchors, a_labels, 5, k=8, clean_labels=clean)  # round(0.4 x 100/5) = 8
+    other = purify(feats, noisy, anchors, a_labels, 5, k=20, clean_labels=clean)
+    assert torch.equal(auto.p_vis, fixed.p_vis) and not torch.equal(auto.p_vis, other.p_vis)
+    # 2 images of 2 classes: auto gives 1, the cap N - 1 = 1 holds
+    tiny = purify(feats[:2], torch.tensor([0, 1]), anchors[:2], torch.tensor([0, 1]), 2, k="auto")
+    assert tiny.p_vis.tolist() == [[0.0, 1.0], [1.0, 0.0]]
+    _assert_same_result(auto, purify_dense(feats, noisy, anchors, a_labels, 5, k="auto", clean_labels=clean))
+
+
+def _angles(*degrees):
+    rad = torch.tensor(degrees, dtype=torch.float64) * torch.pi / 180
+    return torch.stack([rad.cos(), rad.sin()], dim=1).float()
+
+
+def test_weighted_knn_vote_hand_computed():
+    # Point 0 at 0°, its two nearest others: point 1 (cos 0.9, label 0) and point 3 (cos 0.6, label 1);
+    # point 2 is opposite (cos -1). Labels [0, 0, 0, 1]: class prior [0.75, 0.25].
+    deg = 180 / torch.pi
+    feats = _angles(0.0, float(torch.acos(torch.tensor(0.9)) * deg), 180.0, -float(torch.acos(torch.tensor(0.6)) * deg))
+    labels = torch.tensor([0, 0, 0, 1])
+    uniform = knn_label_vote(feats, labels, 2, k=2, block_size=2)
+    weighted = knn_label_vote(feats, labels, 2, k=2, block_size=2, vote="weighted")
+    assert uniform[0].tolist() == pytest.approx([0.5, 0.5])
+    # class totals 0.9 and 0.6, divided by the prior: 1.2 and 2.4, normalised: [1/3, 2/3]
+    assert weighted[0].tolist() == pytest.approx([1 / 3, 2 / 3], abs=1e-6)
+    torch.testing.assert_close(weighted.sum(1), torch.ones(4))
+    # blocks of any size, and the dense reference, agree
+    torch.testing.assert_close(knn_label_vote(feats, labels, 2, k=2, block_size=1, vote="weighted"), weighted)
+    with pytest.raises(ValueError, match="model.knn_vote must be one of"):
+        knn_label_vote(feats, labels, 2, k=2, block_size=2, vote="softmax")
+
+
+def test_weighted_vote_falls_back_to_counts_where_every_neighbour_is_dissimilar():
+    # The 4 vertices of a regular simplex: every pair has cos -1/3, so with k=3 every weight clamps to 0
+    # and each row is the prior-normalised count.
+    feats = _unit(torch.tensor([[1.0, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]]))
+    labels = torch.tensor([0, 1, 0, 1])
+    out = knn_label_vote(feats, labels, 2, k=3, block_size=4, vote="weighted")
+    counts = knn_label_vote(feats, labels, 2, k=3, block_size=4)
+    torch.testing.assert_close(out, counts)  # balanced prior: the count itself
+    assert out[0].tolist() == pytest.approx([1 / 3, 2 / 3])
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5])
+def test_purify_weighted_vote_blocked_equals_dense(beta):
+    feats, noisy, clean, anchors, a_labels = _clustered(40, 5, 16, 8, spread=0.9, seed=9, flip=0.4)
+    kwargs = dict(beta=beta, k=15, block_size=32, clean_labels=clean, knn_vote="weighted")
+    blocked = purify(feats, noisy, anchors, a_labels, 5, **kwargs)
+    _assert_same_result(blocked, purify_dense(feats, noisy, anchors, a_labels, 5, **kwargs))
+    uniform = purify(feats, noisy, anchors, a_labels, 5, **{**kwargs, "knn_vote": "uniform"})
+    assert not torch.allclose(blocked.p_vis, uniform.p_vis)
+
+
+def test_tac_literal_form_is_exp_of_the_raw_cosine():
+    assert tac_temperature("logsumexp", None, 100.0) == 100.0
+    assert tac_temperature("logsumexp", 7.0, 100.0) == 7.0
+    assert tac_temperature("literal", None, 100.0) == 1.0
+    with pytest.raises(ValueError, match="tac_form=literal has no temperature"):
+        tac_temperature("literal", 7.0, 100.0)
+    with pytest.raises(ValueError, match="model.tac_form must be one of"):
+        tac_temperature("softmax", None, 100.0)
+    g = torch.Generator().manual_seed(2)
+    feats = _unit(torch.randn(3, 6, generator=g))
+    anchors, labels = _uneven_anchors(6, seed=4)
+    literal = tac_log_probs(feats, anchors, labels, 3, tac_temperature("literal", None, 100.0)).exp()
+    # the printed formula: a_ij = exp(v.t_j), p(c|x) = sum_{j in c} a_ij / sum_j a_ij
+    a = torch.exp(feats.double() @ anchors.double().T)
+    expected = torch.stack([a[:, labels == c].sum(1) for c in range(3)], dim=1) / a.sum(1, keepdim=True)
+    torch.testing.assert_close(literal.double(), expected, rtol=1e-5, atol=1e-6)
+    # nearly flat: the per-class sums lie in [K/e, K e], so no probability strays far from the anchor share
+    share = torch.bincount(labels, minlength=3).double() / len(labels)
+    assert (literal.double() / share).max() < torch.e ** 2 and (literal.double() / share).min() > torch.e ** -2

@@ -19,11 +19,10 @@ import noisy_prompt.config  # noqa: F401  (resolvers)
 from noisy_prompt.config import ctor_kwargs
 from noisy_prompt.data.datamodule import CLIPDataModule
 from noisy_prompt.methods.tango.anchors import template_sentences
-from noisy_prompt.methods.tango.module import LABEL_ISSUE_COLUMNS, Tango
+from noisy_prompt.methods.tango.module import ANCHOR_SOURCE_ALIASES, LABEL_ISSUE_COLUMNS, Tango
 from noisy_prompt.methods.tango.tac import tac_log_probs
 from noisy_prompt.noise import NoiseSpec
-from noisy_prompt.synthetic.captions import class_descriptions
-from noisy_prompt.synthetic.world import CLASSNAMES
+from noisy_prompt.data.readers import read_dataset
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 TINY = {
@@ -32,6 +31,9 @@ TINY = {
     "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
 }
 PER_CLASS = 6
+READER_KWARGS = {"num_train_per_class": PER_CLASS, "num_val_per_class": 0, "num_test_per_class": 2}
+# The classes the synthetic reader serves downstream (the world decides how many; read, not hard-coded).
+CLASSNAMES = tuple(read_dataset("synthetic", None, **READER_KWARGS).classnames)
 N_TRAIN = PER_CLASS * len(CLASSNAMES)
 
 
@@ -54,8 +56,7 @@ def _module(backbone, k_anchors=4, **kwargs) -> Tango:
 
 
 def _datamodule(backbone, noise=None) -> CLIPDataModule:
-    dm = CLIPDataModule("synthetic", reader_kwargs={"num_train_per_class": PER_CLASS, "num_val_per_class": 0,
-                                                    "num_test_per_class": 2},
+    dm = CLIPDataModule("synthetic", reader_kwargs=dict(READER_KWARGS),
                         shots=None, noise=noise, seed=1, backbone=backbone, input="images", train_aug="none",
                         batch_size=64, eval_batch_size=256, val_from="test")
     dm.setup("fit")
@@ -107,19 +108,27 @@ def test_anchor_sources_and_fallback(backbone, tmp_path, caplog):
     torch.testing.assert_close(tmpl.anchors.norm(dim=-1), torch.ones(len(tmpl.anchors)))
     assert torch.equal(torch.bincount(tmpl.anchor_labels), torch.full((len(CLASSNAMES),), k))
 
-    syn = _module(backbone, anchors={"source": "synthetic", "k": k})
-    assert syn.anchor_sentences[0] == class_descriptions(CLASSNAMES[0], k)
-    assert not torch.allclose(syn.anchors, tmpl.anchors)
+    # source=dataset: the descriptions the datamodule hands over (class_descriptions), matched like a file
+    own = {c.upper().replace(" ", "_"): [f"{c}, seen in the world number {i}." for i in range(5)] for c in CLASSNAMES}
+    syn = _module(backbone, anchors={"source": "dataset", "k": k}, class_descriptions=own)
+    assert syn.anchor_sentences[0] == [f"{CLASSNAMES[0]}, seen in the world number {i}." for i in range(k)]
+    assert syn.anchor_fallback == [] and not torch.allclose(syn.anchors, tmpl.anchors)
+    # the older name of that source is an alias (methods never import the synthetic world)
+    alias = _module(backbone, anchors={"source": "synthetic", "k": k}, class_descriptions=own)
+    assert alias.anchor_sentences == syn.anchor_sentences
+    with pytest.raises(ValueError, match=r"anchors.source=dataset .* data 'cifar100' publishes none"):
+        _module(backbone, anchors={"source": "dataset", "k": k}, dataset="cifar100")
 
     # One class in the file (spelled with an underscore and upper case), two sentences only; the rest fall back.
     path = tmp_path / "cupl.json"
-    path.write_text(json.dumps({"Red_Circle": ["a round red thing.", "a red disc."]}))
+    target = CLASSNAMES[1]
+    path.write_text(json.dumps({target.title().replace(" ", "_"): ["a round red thing.", "a red disc."]}))
     with caplog.at_level("WARNING"):
         cupl = _module(backbone, anchors={"source": "cupl", "path": str(path), "k": k})
-    assert cupl.anchor_sentences[CLASSNAMES.index("red circle")] == ["a round red thing.", "a red disc."]
-    assert "red circle" not in cupl.anchor_fallback and len(cupl.anchor_fallback) == len(CLASSNAMES) - 1
+    assert cupl.anchor_sentences[1] == ["a round red thing.", "a red disc."]
+    assert target not in cupl.anchor_fallback and len(cupl.anchor_fallback) == len(CLASSNAMES) - 1
     assert f"{len(CLASSNAMES) - 1} of {len(CLASSNAMES)} classes use template sentences" in caplog.text
-    assert int((cupl.anchor_labels == CLASSNAMES.index("red circle")).sum()) == 2
+    assert int((cupl.anchor_labels == 1).sum()) == 2
     assert cupl.extra_metrics()["anchors/num_fallback_classes"] == len(CLASSNAMES) - 1
 
     no_file = _module(backbone, anchors={"source": "cupl", "path": None, "k": k})
@@ -176,6 +185,97 @@ def test_training_step_losses(backbone):
     assert m.clip.visual.proj.grad is not None and m.clip.text_projection.grad is None
 
 
+def _step_parts(m, clean_mask=None, seed=11):
+    """One training step on a fixed batch with a fixed purification and Mixup draw: (loss, logged parts)."""
+    from noisy_prompt.methods.tango.module import PurifiedLabels
+
+    n, c = 8, m.num_classes
+    soft = torch.softmax(torch.randn(n, c, generator=torch.Generator().manual_seed(0)), dim=1)
+    given = torch.arange(n) % c
+    mask = torch.ones(n, dtype=torch.bool) if clean_mask is None else clean_mask
+    batch = {"x": torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1)), "label": given[[1, 3, 5, 7]],
+             "index": torch.tensor([1, 3, 5, 7])}
+    logged = {}
+    m.log_dict = lambda d, **kw: logged.update({k: float(v.detach()) for k, v in d.items()})
+    m.log = lambda *a, **kw: None
+    m.purified = PurifiedLabels(0, given, None, mask, soft, torch.zeros(n))
+    m.mix_generator.manual_seed(seed)
+    return float(m.training_step(batch, 0).detach()), logged
+
+
+def test_lreg_weight_scales_the_regulariser_alone(backbone):
+    base_loss, base = _step_parts(_module(backbone))
+    weighted = _module(backbone, lreg_weight=2.5)
+    loss, parts = _step_parts(weighted)
+    # same weights, batch, purification and Mixup draw: the two terms are unchanged, only their sum differs
+    assert parts["train/l_clean"] == pytest.approx(base["train/l_clean"], rel=1e-6)
+    assert parts["train/l_reg"] == pytest.approx(base["train/l_reg"], rel=1e-6)
+    assert base_loss == pytest.approx(base["train/l_clean"] + base["train/l_reg"], rel=1e-6)
+    assert loss == pytest.approx(base["train/l_clean"] + 2.5 * base["train/l_reg"], rel=1e-6)
+    weighted.lreg_weight = 0.0
+    assert _step_parts(weighted)[0] == pytest.approx(base["train/l_clean"], rel=1e-6)
+    with pytest.raises(ValueError, match="model.lreg_weight must be >= 0"):
+        _module(backbone, lreg_weight=-1.0)
+
+
+def test_mixup_form_reaches_the_training_step(backbone, monkeypatch):
+    import noisy_prompt.methods.tango.module as module_mod
+
+    seen = []
+    real = module_mod.mixup
+
+    def spy(x, targets, alpha, generator, keep_larger=False):
+        out = real(x, targets, alpha, generator, keep_larger=keep_larger)
+        seen.append((alpha, keep_larger, out[2]))
+        return out
+
+    monkeypatch.setattr(module_mod, "mixup", spy)
+    for kwargs, alpha, larger in (({}, 1.0, False), ({"mixup": "ssr"}, 4.0, True),
+                                  ({"mixup": "ssr", "mixup_alpha": 2.0}, 2.0, True)):
+        m = _module(backbone, **kwargs)
+        for seed in range(4):
+            _step_parts(m, seed=seed)
+        assert all(a == alpha and k == larger for a, k, _ in seen[-4:]), kwargs
+        if larger:
+            assert all(lam >= 0.5 for _, _, lam in seen[-4:])
+    with pytest.raises(ValueError, match="model.mixup must be one of"):
+        _module(backbone, mixup="cutmix")
+
+
+def test_tac_literal_form_in_the_module(backbone):
+    m = _module(backbone, tac_form="literal").eval()
+    assert m.tau == 1.0
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        out = m.logits(x).double().exp()
+        v = F.normalize(m.clip.visual(x), dim=-1).double()
+    a = torch.exp(v @ m.anchors.double().T)  # exp(v.t_j), no temperature
+    labels = m.anchor_labels
+    expected = torch.stack([a[:, labels == c].sum(1) for c in range(m.num_classes)], 1) / a.sum(1, keepdim=True)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-7)
+    assert _module(backbone).tau == pytest.approx(float(m.logit_scale))  # the default form: CLIP's scale
+    with pytest.raises(ValueError, match="tac_form=literal has no temperature"):
+        _module(backbone, tac_form="literal", tau=5.0)
+
+
+def test_k_auto_resolves_from_the_served_training_set(backbone):
+    dm = _datamodule(backbone, NoiseSpec(name="sym50", protocol="sym", rate=0.5))
+    n, c = len(dm.train_labels), len(dm.classnames)
+    auto = _module(backbone, k="auto")
+    stats = auto.purify_training_set(dm)
+    assert c == len(CLASSNAMES) and stats["k"] == max(1, round(0.4 * n / c)) == 2  # 6 images per class
+    fixed = _module(backbone, k=2)
+    fixed.purify_training_set(dm)
+    assert torch.equal(auto.purified.soft_labels, fixed.purified.soft_labels)
+    weighted = _module(backbone, k="auto", knn_vote="weighted")
+    weighted.purify_training_set(dm)
+    assert weighted.knn_vote == "weighted" and not torch.equal(weighted.purified.soft_labels, fixed.purified.soft_labels)
+    with pytest.raises(ValueError, match="model.k must be a positive integer or 'auto'"):
+        _module(backbone, k="many")
+    with pytest.raises(ValueError, match="model.knn_vote must be one of"):
+        _module(backbone, knn_vote="softmax")
+
+
 class _Recorder(L.Callback):
     """Copies of the purification result at each epoch (the module keeps only the last one)."""
 
@@ -217,6 +317,24 @@ def test_fit_updates_the_vision_tower_only(fitted):
     assert "clip.logit_scale" not in changed and not any(n.startswith("clip.transformer.") for n in changed)
     assert len(m.val_history) == 2 and "acc" in m.test_report["test"]
     assert {"train/loss", "train/l_clean", "train/l_reg"} <= set(m.history)
+
+
+def test_epoch0_tac_accuracy_and_best_last_test_accuracy(fitted, backbone):
+    m, dm = fitted["module"], fitted["dm"]
+    metrics = m.extra_metrics()
+    # epoch 0 = the TAC with the same anchors on the pretrained tower, before any step
+    fresh = _module(backbone, k=10)
+    reference = fresh.tac_test_accuracy(dm.test_dataloader()[0])
+    assert m.epoch0_test_acc == pytest.approx(reference) and metrics["test/acc_epoch0"] == pytest.approx(reference)
+    # validation is the test split (val_from=test): one point per epoch, last = the final test
+    assert [p[0] for p in m.test_curve] == [1, 2]
+    last = m.test_report["test"]["acc"]
+    assert metrics["test/acc_last"] == pytest.approx(last) and metrics["test/acc_last_epoch"] == 2
+    assert metrics["test/acc_best"] == pytest.approx(max([a for _, a in m.test_curve] + [last]))
+    ckpt = torch.load(fitted["ckpt"], map_location="cpu", weights_only=False)
+    assert ckpt["tango"]["epoch0_test_acc"] == m.epoch0_test_acc
+    assert [p[0] for p in ckpt["epoch_curve"]["test_curve"]] == [1, 2]
+    assert {"epoch0_test_acc", "test_curve", "epochs_trained"} <= set(m.REPORT_ATTRS)
 
 
 def test_purification_runs_every_epoch_and_changes(fitted):
@@ -302,13 +420,21 @@ def test_label_issues_purify_on_demand(backbone, tmp_path):
 
 # data=synthetic_full selects the world's own descriptions (data.anchor_source); simple_prompts forces templates
 PRESETS = {
-    "tango": {"classifier": "tac", "beta": 0.5, "trainable_anchors": False, "source": "synthetic"},
-    "tango_linear_visual": {"classifier": "linear", "beta": 0.0, "trainable_anchors": False, "source": "synthetic"},
-    "tango_visual_only": {"classifier": "tac", "beta": 0.0, "trainable_anchors": False, "source": "synthetic"},
-    "tango_semantic_only": {"classifier": "tac", "beta": 1.0, "trainable_anchors": False, "source": "synthetic"},
-    "tango_trainable_anchors": {"classifier": "tac", "beta": 0.5, "trainable_anchors": True, "source": "synthetic"},
+    "tango": {"classifier": "tac", "beta": 0.5, "trainable_anchors": False, "source": "dataset"},
+    "tango_linear_visual": {"classifier": "linear", "beta": 0.0, "trainable_anchors": False, "source": "dataset"},
+    "tango_visual_only": {"classifier": "tac", "beta": 0.0, "trainable_anchors": False, "source": "dataset"},
+    "tango_semantic_only": {"classifier": "tac", "beta": 1.0, "trainable_anchors": False, "source": "dataset"},
+    "tango_trainable_anchors": {"classifier": "tac", "beta": 0.5, "trainable_anchors": True, "source": "dataset"},
     "tango_simple_prompts": {"classifier": "tac", "beta": 0.5, "trainable_anchors": False, "source": "templates"},
+    # readings (tango.md 4b): each switches one value of tango
+    "tango_literal": {"classifier": "tac", "beta": 0.5, "trainable_anchors": False, "source": "dataset",
+                      "tac_form": "literal"},
+    "tango_ssr_mixup": {"classifier": "tac", "beta": 0.5, "trainable_anchors": False, "source": "dataset",
+                        "mixup_form": "ssr"},
+    "tango_weighted_knn": {"classifier": "tac", "beta": 0.5, "trainable_anchors": False, "source": "dataset",
+                           "knn_vote": "weighted"},
 }
+READING_DEFAULTS = {"tac_form": "logsumexp", "mixup_form": "beta11", "knn_vote": "uniform", "lreg_weight": 1.0}
 
 
 def test_recipe_defaults_follow_the_spec():
@@ -319,7 +445,10 @@ def test_recipe_defaults_follow_the_spec():
     assert m["optim"] == {"name": "sgd", "lr": 5e-4, "momentum": 0.9, "weight_decay": 5e-4,
                           "warmup_epochs": 0, "warmup_lr": 0.0}
     assert (m["beta"], m["k"], m["anchors"]["k"], m["anchors"]["source"], m["tau"]) == (0.5, 200, 40, "cupl", None)
-    assert m["mixup_alpha"] == 1.0 and m["dataset"] == "cifar100"
+    assert m["dataset"] == "cifar100"
+    # the readings of section 4b default to the spec's
+    assert (m["tac_form"], m["mixup"], m["mixup_alpha"], m["knn_vote"], m["lreg_weight"]) == (
+        "logsumexp", "beta11", None, "uniform", 1.0)
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -330,11 +459,15 @@ def test_preset_composes_and_instantiates(preset, backbone):
     assert cfg.model.name == preset
     kwargs = ctor_kwargs(cfg, "model")
     target = kwargs.pop("_target_")
+    own = {c: [f"a picture of the {c}.", f"the {c}, drawn."] for c in CLASSNAMES}
     m = get_class(target)(**kwargs, backbone=backbone, classnames=list(CLASSNAMES), templates=["a photo of a {}."],
-                          test_sets=["test"], seed=1)
+                          test_sets=["test"], seed=1, class_descriptions=own)
     want = PRESETS[preset]
-    assert (m.classifier, m.beta, m.trainable_anchors, m.anchor_cfg["source"]) == (
+    source = ANCHOR_SOURCE_ALIASES.get(m.anchor_cfg["source"], m.anchor_cfg["source"])
+    assert (m.classifier, m.beta, m.trainable_anchors, source) == (
         want["classifier"], want["beta"], want["trainable_anchors"], want["source"])
+    assert {key: getattr(m, key) for key in READING_DEFAULTS} == {
+        key: want.get(key, value) for key, value in READING_DEFAULTS.items()}
     extra = {n for n, p in m.named_parameters() if p.requires_grad} - _names(m, "clip.visual.")
     assert extra == ({"head.weight", "head.bias"} if want["classifier"] == "linear" else set()) | (
         {"anchors"} if want["trainable_anchors"] else set())

@@ -2,7 +2,9 @@
 with a text-anchored classifier (TAC) and anchor-guided purification before every epoch.
 
 The ablation presets are configs of this module: `classifier` (tac | linear), `beta` (visual-only 0,
-semantic-only 1), `trainable_anchors`, and `anchors.source` (cupl | templates | synthetic).
+semantic-only 1), `trainable_anchors`, and `anchors.source` (cupl | templates | dataset).
+The readings of spec section 4b are config values too: `tac_form` (logsumexp | literal), `mixup`
+(beta11 | ssr), `lreg_weight`, `knn_vote` (uniform | weighted) and `k` (an integer or auto).
 """
 from __future__ import annotations
 
@@ -19,15 +21,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from noisy_prompt.losses import masked_cross_entropy, mixup, soft_cross_entropy
-from noisy_prompt.methods.base import ClassifierModule
+from noisy_prompt.methods.epoch_curve import EpochCurveModule
 
 from .anchors import DEFAULT_ALIASES, load_cupl, match_descriptions, template_sentences
-from .purification import purify
-from .tac import class_anchor_table, tac_log_probs
+from .purification import KNN_VOTES, purify, resolve_k
+from .tac import class_anchor_table, tac_log_probs, tac_temperature
 
 log = logging.getLogger(__name__)
 
-ANCHOR_SOURCES = ("cupl", "templates", "synthetic")
+ANCHOR_SOURCES = ("cupl", "templates", "dataset")
+# Older configs named the synthetic world's descriptions "synthetic"; they come through the dataset now.
+ANCHOR_SOURCE_ALIASES = {"synthetic": "dataset"}
+# Mixup readings (spec tango.md 4b): name -> (default alpha, lambda = max(lambda, 1 - lambda)).
+MIXUP_FORMS = {"beta11": (1.0, False), "ssr": (4.0, True)}
 ANCHOR_KEYS = {"source", "path", "k", "encode_batch_size"}
 CLASSIFIERS = ("tac", "linear")
 # Below this many training images the feature pass is quick enough that a progress bar is noise.
@@ -49,21 +55,28 @@ STAT_NAMES = {
 
 
 def anchor_sentences(source: str, classnames: list[str], k: int, path: str | None = None,
-                     dataset: str | None = None) -> tuple[list[list[str]], list[str]]:
+                     dataset: str | None = None,
+                     class_descriptions: dict[str, list[str]] | None = None) -> tuple[list[list[str]], list[str]]:
     """Per class, its anchor sentences, and the classes that fell back to templates.
 
     cupl: the description file at `path` (no path = templates for all classes, logged as fallen back);
-    templates: template sentences; synthetic: the synthetic world's class descriptions.
+    templates: template sentences; dataset: the descriptions the dataset itself publishes
+    (`class_descriptions`, handed over by the datamodule; e.g. the synthetic world's), matched to the
+    class names like a description file.
     """
+    source = ANCHOR_SOURCE_ALIASES.get(source, source)
     if source == "cupl":
         descriptions = load_cupl(path) if path else None
         return match_descriptions(classnames, descriptions, k, aliases=DEFAULT_ALIASES.get(dataset or ""))
     if source == "templates":
         return [template_sentences(c, k) for c in classnames], []
-    if source == "synthetic":
-        from noisy_prompt.synthetic.captions import class_descriptions
-
-        return [class_descriptions(c, k) for c in classnames], []
+    if source == "dataset":
+        if not class_descriptions:
+            raise ValueError(
+                f"model.anchors.source=dataset needs the dataset's own class descriptions, but data "
+                f"{dataset or '(unnamed)'!r} publishes none (its datamodule's class_descriptions is empty); "
+                "use model.anchors.source=cupl with model.anchors.path=<descriptions.json>, or templates")
+        return match_descriptions(classnames, class_descriptions, k, aliases=DEFAULT_ALIASES.get(dataset or ""))
     raise ValueError(f"model.anchors.source must be one of {', '.join(ANCHOR_SOURCES)}, got {source!r}")
 
 
@@ -102,8 +115,9 @@ def true_labels_known(dm: Any) -> bool:
     return noise is None or getattr(noise, "protocol", "real") != "real"
 
 
-def _check_args(input: str, classifier: str, trainable_anchors: bool, beta: float, k: int, m: int | None,
-                block_size: int, mixup_alpha: float) -> None:
+def _check_args(input: str, classifier: str, trainable_anchors: bool, beta: float, k: int | str, m: int | None,
+                block_size: int, mixup_alpha: float | None, tac_form: str = "logsumexp", mixup_form: str = "beta11",
+                lreg_weight: float = 1.0, knn_vote: str = "uniform") -> None:
     """Config errors before the (slow) backbone is built."""
     if input != "images":
         raise ValueError(f"TANGO fine-tunes the vision encoder, so model.input must be 'images', got {input!r}")
@@ -114,30 +128,48 @@ def _check_args(input: str, classifier: str, trainable_anchors: bool, beta: floa
         raise ValueError("model.trainable_anchors=true needs model.classifier=tac (the linear head ignores anchors)")
     if not 0.0 <= float(beta) <= 1.0:
         raise ValueError(f"model.beta must lie in [0, 1], got {beta}")
-    if int(k) < 1 or int(block_size) < 1 or (m is not None and int(m) < 1):
-        raise ValueError(f"model.k, model.m and model.block_size must be >= 1, got k={k}, m={m}, "
-                         f"block_size={block_size}")
-    if float(mixup_alpha) < 0:
+    if k != "auto":
+        resolve_k(k, 1, 1)  # the error names model.k and the accepted forms
+    if int(block_size) < 1 or (m is not None and int(m) < 1):
+        raise ValueError(f"model.m and model.block_size must be >= 1, got m={m}, block_size={block_size}")
+    if mixup_alpha is not None and float(mixup_alpha) < 0:
         raise ValueError(f"model.mixup_alpha must be >= 0 (0 = no mixing), got {mixup_alpha}")
+    if tac_form not in ("logsumexp", "literal"):
+        raise ValueError(f"model.tac_form must be one of logsumexp, literal, got {tac_form!r}")
+    if mixup_form not in MIXUP_FORMS:
+        raise ValueError(f"model.mixup must be one of {', '.join(MIXUP_FORMS)}, got {mixup_form!r}")
+    if float(lreg_weight) < 0:
+        raise ValueError(f"model.lreg_weight must be >= 0, got {lreg_weight}")
+    if knn_vote not in KNN_VOTES:
+        raise ValueError(f"model.knn_vote must be one of {', '.join(KNN_VOTES)}, got {knn_vote!r}")
 
 
-class Tango(ClassifierModule):
+class Tango(EpochCurveModule):
     trains = True
-    # Per-epoch purification stats reach results.json also when the ranks ran in spawned processes.
-    REPORT_ATTRS = (*getattr(ClassifierModule, "REPORT_ATTRS", ()), "purification_history")
+    # Per-epoch purification stats and the epoch-0 TAC accuracy reach results.json also when the ranks
+    # ran in spawned processes.
+    REPORT_ATTRS = (*EpochCurveModule.REPORT_ATTRS, "purification_history", "epoch0_test_acc")
 
     def __init__(self, anchors: dict | None = None, classifier: str = "tac", tau: float | None = None,
-                 trainable_anchors: bool = False, beta: float = 0.5, k: int = 200, m: int | None = None,
-                 block_size: int = 4096, mixup_alpha: float = 1.0, dataset: str | None = None, **kwargs):
+                 trainable_anchors: bool = False, beta: float = 0.5, k: int | str = 200, m: int | None = None,
+                 block_size: int = 4096, mixup_alpha: float | None = None, dataset: str | None = None,
+                 tac_form: str = "logsumexp", mixup: str = "beta11", lreg_weight: float = 1.0,
+                 knn_vote: str = "uniform", **kwargs):
         kwargs.setdefault("input", "images")
-        _check_args(kwargs["input"], classifier, trainable_anchors, beta, k, m, block_size, mixup_alpha)
+        _check_args(kwargs["input"], classifier, trainable_anchors, beta, k, m, block_size, mixup_alpha,
+                    tac_form, mixup, lreg_weight, knn_vote)
         super().__init__(**kwargs)
         self.classifier = classifier
-        self.beta, self.knn_k, self.block_size = float(beta), int(k), int(block_size)
+        self.beta, self.block_size = float(beta), int(block_size)
+        self.knn_k: int | str = k if k == "auto" else int(k)  # "auto" is resolved from N/C at each purification
         self.m = None if m is None else int(m)
-        self.mixup_alpha = float(mixup_alpha)
-        self.tau = float(self.logit_scale) if tau is None else float(tau)
+        self.mixup_form, self.lreg_weight, self.knn_vote = mixup, float(lreg_weight), knn_vote
+        default_alpha, self.mixup_keep_larger = MIXUP_FORMS[mixup]
+        self.mixup_alpha = default_alpha if mixup_alpha is None else float(mixup_alpha)
+        self.tac_form = tac_form
+        self.tau = tac_temperature(tac_form, tau, float(self.logit_scale))
         self.trainable_anchors = bool(trainable_anchors)
+        self.epoch0_test_acc: float | None = None
 
         cfg = {"source": "cupl", "path": None, "k": 40, "encode_batch_size": 256, **dict(anchors or {})}
         unknown = set(cfg) - ANCHOR_KEYS
@@ -145,7 +177,7 @@ class Tango(ClassifierModule):
             raise ValueError(f"model.anchors: unknown keys {sorted(unknown)}; expected {sorted(ANCHOR_KEYS)}")
         self.anchor_cfg = cfg
         self.anchor_sentences, self.anchor_fallback = anchor_sentences(
-            cfg["source"], self.classnames, int(cfg["k"]), cfg["path"], dataset)
+            cfg["source"], self.classnames, int(cfg["k"]), cfg["path"], dataset, self.class_descriptions)
         if cfg["source"] == "cupl" and not cfg["path"]:
             log.info("anchors: no description file (model.anchors.path is empty): template sentences for every class")
         feats, labels = self._encode_anchors(self.anchor_sentences, int(cfg["encode_batch_size"]))
@@ -160,12 +192,14 @@ class Tango(ClassifierModule):
 
         self.head: nn.Linear | None = None
         if classifier == "linear":
-            # Zero-shot start: each class weight is its anchors' mean direction, scaled by tau so the
-            # initial logits equal TAC-like cosine logits rather than a near-uniform softmax.
+            # Zero-shot start: each class weight is its anchors' mean direction, scaled by tau (CLIP's logit
+            # scale unless set; tac_form is a reading of the TAC, not of this head) so the initial logits
+            # equal cosine logits at CLIP's temperature rather than a near-uniform softmax.
+            head_scale = float(self.logit_scale) if tau is None else float(tau)
             means = torch.zeros(self.num_classes, feats.shape[1]).index_add_(0, labels, feats)
             self.head = nn.Linear(feats.shape[1], self.num_classes)
             with torch.no_grad():
-                self.head.weight.copy_(self.tau * F.normalize(means, dim=-1))
+                self.head.weight.copy_(head_scale * F.normalize(means, dim=-1))
                 self.head.bias.zero_()
 
         for p in self.clip.visual.parameters():
@@ -261,15 +295,60 @@ class Tango(ClassifierModule):
         known = true_labels_known(dm)
         result = purify(feats, given, self.current_anchors().detach(), self.anchor_labels, self.num_classes,
                         beta=self.beta, k=self.knn_k, m=self.m, block_size=self.block_size,
-                        clean_labels=clean if known else None)
+                        clean_labels=clean if known else None, knn_vote=self.knn_vote)
         self.purified = PurifiedLabels(
             epoch=self.current_epoch, given=given, true=clean if known else None, clean_mask=result.clean_mask,
             soft_labels=result.soft_labels, q_given=result.q.gather(1, given[:, None]).squeeze(1))
         stats = {STAT_NAMES.get(key, key): float(value) for key, value in result.stats.items()}
+        stats["k"] = float(min(resolve_k(self.knn_k, feats.shape[0], self.num_classes), feats.shape[0] - 1))
         return stats
+
+    @torch.no_grad()
+    def tac_test_accuracy(self, loader: Iterable[dict]) -> float:
+        """Accuracy (%) of the TAC with the current vision tower and anchors over `loader` (eval mode).
+
+        With the pretrained tower (before epoch 1) this is the honest "no training" reference of the
+        method (spec tango.md 4b); the linear-head variant is measured with the TAC as well, since the
+        reference is the anchors' classifier, not the head's initial state. Counts are summed over
+        ranks when a process group is up (the evaluation loaders shard the test set then).
+        """
+        modes = {mod: mod.training for mod in self.modules()}
+        self.eval()
+        plugin = self.trainer.precision_plugin if self._trainer is not None else None
+        correct = torch.zeros((), dtype=torch.float64, device=self.device)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        try:
+            with plugin.forward_context() if plugin is not None else nullcontext():
+                for batch in loader:
+                    x = batch["x"].to(self.device, non_blocking=True)
+                    v = self.image_features(plugin.convert_input(x) if plugin is not None else x)
+                    log_p = tac_log_probs(v, self.current_anchors(), self.anchor_labels, self.num_classes, self.tau,
+                                          anchor_table=(self.anchor_index, self.anchor_mask))
+                    label = torch.as_tensor(batch["label"], device=self.device)
+                    correct += (log_p.argmax(dim=1) == label).sum()
+                    total += label.numel()
+        finally:
+            for mod, mode in modes.items():
+                mod.train(mode)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(correct)
+            torch.distributed.all_reduce(total)
+        return float(100.0 * correct / total.clamp_min(1))
+
+    def _epoch0_reference(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None or not hasattr(dm, "test_dataloader"):
+            return
+        loaders = dm.test_dataloader()
+        loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
+        if loaders:
+            self.epoch0_test_acc = self.tac_test_accuracy(loaders[0])
+            log.info("TAC before training (epoch 0): test acc %.2f", self.epoch0_test_acc)
 
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
+        if self.current_epoch == 0 and self.epoch0_test_acc is None:
+            self._epoch0_reference()  # before the first purification and step: the pretrained tower
         stats = self.purify_training_set()
         self.purification_history.append({"epoch": self.current_epoch, **stats})
         self.log_dict({f"purify/{key}": value for key, value in stats.items()}, on_step=False, on_epoch=True)
@@ -283,13 +362,14 @@ class Tango(ClassifierModule):
         x, y = batch["x"], batch["label"]
         idx = batch["index"].to(self.purified.clean_mask.device).long()
         clean = self.purified.clean_mask[idx]
-        x_mix, targets_mix, _, _ = mixup(x, self.purified.soft_labels[idx], self.mixup_alpha, self.mix_generator)
+        x_mix, targets_mix, _, _ = mixup(x, self.purified.soft_labels[idx], self.mixup_alpha, self.mix_generator,
+                                         keep_larger=self.mixup_keep_larger)
         # One forward over clean and mixed images: the encoder has no batch statistics to mix (ViT).
         log_p = self.log_probs(torch.cat([x, x_mix]))
         log_p_clean, log_p_mix = log_p[: len(y)], log_p[len(y):]
         l_clean = masked_cross_entropy(log_p_clean, y, clean)
         l_reg = soft_cross_entropy(log_p_mix, targets_mix.to(log_p_mix.dtype), from_log_probs=True)
-        loss = l_clean + l_reg
+        loss = l_clean + self.lreg_weight * l_reg
         self.log_dict({"train/loss": loss, "train/l_clean": l_clean, "train/l_reg": l_reg,
                        "train/clean_in_batch": clean.float().mean()},
                       on_step=False, on_epoch=True, batch_size=len(y))
@@ -308,17 +388,23 @@ class Tango(ClassifierModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["tango"] = {"purification_history": list(self.purification_history),
-                               "mix_generator": self.mix_generator.get_state()}
+                               "mix_generator": self.mix_generator.get_state(),
+                               "epoch0_test_acc": self.epoch0_test_acc}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("tango")
         if state:
             self.purification_history = list(state["purification_history"])
             self.mix_generator.set_state(state["mix_generator"])
+            self.epoch0_test_acc = state.get("epoch0_test_acc")
 
     # ---- results --------------------------------------------------------------------------------
     def extra_metrics(self) -> dict[str, float]:
-        out: dict[str, float] = {"anchors/num_fallback_classes": float(len(self.anchor_fallback))}
+        out: dict[str, float] = dict(super().extra_metrics())  # best/last test accuracy (EpochCurveModule)
+        out["anchors/num_fallback_classes"] = float(len(self.anchor_fallback))
+        if self.epoch0_test_acc is not None:
+            out["test/acc_epoch0"] = float(self.epoch0_test_acc)
         if self.purification_history:
             for tag, stats in (("first", self.purification_history[0]), ("last", self.purification_history[-1])):
                 for key in ("clean_fraction", "precision", "recall", "soft_label_acc"):

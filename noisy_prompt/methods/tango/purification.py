@@ -64,20 +64,68 @@ def default_m(num_images: int, num_classes: int) -> int:
     return max(1, num_images // num_classes)
 
 
+KNN_VOTES = ("uniform", "weighted")
+# k: auto = round(AUTO_K_FRACTION x images per class): k = 200 at CIFAR-100's 500 images per class
+# (spec tango.md 4b), scaled for data sets whose classes hold fewer images.
+AUTO_K_FRACTION = 0.4
+
+
+def resolve_k(k: int | str, num_images: int, num_classes: int) -> int:
+    """The k of the visual k-NN vote: an integer as given, or `auto` = round(0.4 x N/C), at least 1.
+
+    N/C comes from the training set actually served (never from a data set's name). The cap at N - 1
+    is applied where the neighbours are searched (`capped_k`), for both forms.
+    """
+    if isinstance(k, str):
+        if k != "auto":
+            raise ValueError(f"model.k must be a positive integer or 'auto', got {k!r}")
+        if num_images < 1 or num_classes < 1:
+            raise ValueError(f"k=auto needs N >= 1 images and C >= 1 classes, got N={num_images}, C={num_classes}")
+        return max(1, round(AUTO_K_FRACTION * num_images / num_classes))
+    if isinstance(k, bool) or int(k) != k or int(k) < 1:
+        raise ValueError(f"model.k must be a positive integer or 'auto', got {k!r}")
+    return int(k)
+
+
+def _class_prior(labels: Tensor, num_classes: int) -> Tensor:
+    """Share of each class among the given labels (+1e-10 so an absent class cannot divide by zero)."""
+    counts = torch.bincount(labels, minlength=num_classes).to(torch.float32) + 1e-10
+    return counts / counts.sum()
+
+
 def knn_label_vote(
-    feats: Tensor, noisy_labels: Tensor, num_classes: int, k: int, block_size: int
+    feats: Tensor, noisy_labels: Tensor, num_classes: int, k: int, block_size: int, vote: str = "uniform"
 ) -> Tensor:
-    """p_vis (N, C): share of each class among the noisy labels of the k nearest other images."""
+    """p_vis (N, C): the k nearest other images' noisy labels, as a distribution over classes.
+
+    vote="uniform" (spec default): the share of each class among the k labels.
+    vote="weighted" (SSR's vote, `model.knn_vote=weighted`): each neighbour counts with its cosine
+    similarity (clamped at 0, so the vote stays a distribution), each class's total is divided by the
+    class's prior among the noisy labels (a frequent class gets no head start), then the row is
+    normalised. A row whose neighbours all have similarity <= 0 falls back to the uniform count.
+    """
+    if vote not in KNN_VOTES:
+        raise ValueError(f"model.knn_vote must be one of {', '.join(KNN_VOTES)}, got {vote!r}")
     _check_feats(feats)
     n = feats.shape[0]
     labels = _check_labels(noisy_labels.to(feats.device), n, num_classes, "noisy_labels")
     k_eff = capped_k(k, n, exclude_self=True)
     counts = torch.zeros(n, num_classes, dtype=torch.float32, device=feats.device)
-    for start, _, idx in iter_topk_blocks(feats, feats, k_eff, block_size, exclude_self=True):
-        counts[start : start + idx.shape[0]].scatter_add_(
-            1, labels[idx], torch.ones(idx.shape, dtype=counts.dtype, device=counts.device)
-        )
-    return counts / k_eff
+    weighted = torch.zeros_like(counts) if vote == "weighted" else None
+    for start, values, idx in iter_topk_blocks(feats, feats, k_eff, block_size, exclude_self=True):
+        rows = slice(start, start + idx.shape[0])
+        counts[rows].scatter_add_(1, labels[idx], torch.ones(idx.shape, dtype=counts.dtype, device=counts.device))
+        if weighted is not None:
+            weighted[rows].scatter_add_(1, labels[idx], values.float().clamp_min(0))
+    if weighted is None:
+        return counts / k_eff
+    return _prior_normalised(weighted, counts, _class_prior(labels, num_classes))
+
+
+def _prior_normalised(weighted: Tensor, counts: Tensor, prior: Tensor) -> Tensor:
+    empty = weighted.sum(dim=1, keepdim=True) <= 0
+    score = torch.where(empty, counts, weighted) / prior[None, :]
+    return score / score.sum(dim=1, keepdim=True)
 
 
 def vision_to_semantic(
@@ -196,10 +244,12 @@ def purify(
     m: int | None = None,
     block_size: int = 4096,
     clean_labels: Tensor | None = None,
+    knn_vote: str = "uniform",
 ) -> PurificationResult:
     """Clean-sample selection and soft labels from L2-normalised image features and anchors.
 
-    k is capped at N - 1; m defaults to N // C. Runs on feats' device in float32, with memory
+    k (an integer or "auto", see `resolve_k`) is capped at N - 1; m defaults to N // C; `knn_vote`
+    selects the visual vote (`knn_label_vote`). Runs on feats' device in float32, with memory
     O(block_size x max(N, |A|)) beyond the (N, C) outputs.
     """
     noisy, clean = _validate_purify_args(feats, noisy_labels, anchors, anchor_labels, num_classes, beta, clean_labels)
@@ -209,8 +259,9 @@ def purify(
     anchor_labels = anchor_labels.to(feats.device)
     n = feats.shape[0]
     m = default_m(n, num_classes) if m is None else m
+    k = resolve_k(k, n, num_classes)
 
-    p_vis = knn_label_vote(feats, noisy, num_classes, k, block_size)
+    p_vis = knn_label_vote(feats, noisy, num_classes, k, block_size, vote=knn_vote)
     p_sem = vision_to_semantic(feats, anchors, anchor_labels, num_classes, block_size)
     counts = semantic_vote_counts(feats, anchors, anchor_labels, num_classes, m, block_size)
     y_sem, degree = _normalise_semantic(counts, p_sem)
@@ -233,18 +284,21 @@ def purify_dense(
     m: int | None = None,
     block_size: int = 4096,
     clean_labels: Tensor | None = None,
+    knn_vote: str = "uniform",
 ) -> PurificationResult:
     """Reference for tests only: the spec's formulas with full N x N and |A| x N matrices.
 
     block_size is accepted for signature parity and ignored.
     """
     del block_size
+    if knn_vote not in KNN_VOTES:
+        raise ValueError(f"model.knn_vote must be one of {', '.join(KNN_VOTES)}, got {knn_vote!r}")
     noisy, clean = _validate_purify_args(feats, noisy_labels, anchors, anchor_labels, num_classes, beta, clean_labels)
     feats = feats.float()
     anchors = anchors.float().to(feats.device)
     a_labels = anchor_labels.to(feats.device).long()
     n, num_anchors = feats.shape[0], anchors.shape[0]
-    k = min(k, n - 1)
+    k = min(resolve_k(k, n, num_classes), n - 1)
     m = min(n // num_classes if m is None else m, n)
     m = max(m, 1)
     y_noisy = F.one_hot(noisy, num_classes).float()  # (N, C)
@@ -253,8 +307,13 @@ def purify_dense(
     sim_images = feats @ feats.T
     sim_images.fill_diagonal_(float("-inf"))
     knn = torch.zeros(n, n, device=feats.device)
-    knn.scatter_(1, sim_images.topk(k, dim=1).indices, 1.0)
-    p_vis = (knn @ y_noisy) / knn.sum(dim=1, keepdim=True)
+    top = sim_images.topk(k, dim=1)
+    knn.scatter_(1, top.indices, 1.0)
+    if knn_vote == "uniform":
+        p_vis = (knn @ y_noisy) / knn.sum(dim=1, keepdim=True)
+    else:
+        sim_knn = torch.zeros(n, n, device=feats.device).scatter_(1, top.indices, top.values.clamp_min(0))
+        p_vis = _prior_normalised(sim_knn @ y_noisy, knn @ y_noisy, _class_prior(noisy, num_classes))
 
     a_vs = torch.zeros(n, num_anchors, device=feats.device)
     a_vs.scatter_(1, (feats @ anchors.T).topk(max(1, num_anchors // num_classes), dim=1).indices, 1.0)

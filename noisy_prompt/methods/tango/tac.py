@@ -9,6 +9,25 @@ import torch
 from torch import Tensor
 
 
+TAC_FORMS = ("logsumexp", "literal")
+
+
+def tac_temperature(form: str, tau: float | None, logit_scale: float) -> float:
+    """The τ that `tac_log_probs` uses for a reading of the TAC (spec tango.md 4b, `model.tac_form`).
+
+    logsumexp (default): τ = `tau`, or CLIP's logit scale when tau is None.
+    literal: the formula as printed, a_ij = exp(v·t_j) with no temperature, i.e. τ = 1 (per-class
+    sums then lie in [K/e, K·e] and the softmax is nearly flat); a `tau` set with it is a contradiction.
+    """
+    if form not in TAC_FORMS:
+        raise ValueError(f"model.tac_form must be one of {', '.join(TAC_FORMS)}, got {form!r}")
+    if form == "literal":
+        if tau is not None:
+            raise ValueError(f"model.tac_form=literal has no temperature (τ = 1); leave model.tau empty, got tau={tau}")
+        return 1.0
+    return float(logit_scale) if tau is None else float(tau)
+
+
 def class_anchor_table(anchor_labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
     """(C, K_max) anchor indices per class and a mask of the real (non-padding) entries.
 
