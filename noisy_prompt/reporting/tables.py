@@ -326,3 +326,93 @@ def get_table(name: str) -> TableSpec:
         return TABLES[name]
     except KeyError:
         raise KeyError(f"unknown table {name!r}; known tables: {', '.join(TABLES)}") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Readings of the papers' ambiguous parts (issue 13): one row per reading/preset (each a `model=` name),
+# beside the baselines. DP-SEP tables show the last epoch (test/acc, the paper's protocol) and the best
+# epoch (test/acc_best, the test split being evaluated every epoch in these sweeps); TANGO tables the
+# best epoch (the paper's), the last epoch and the TAC before training (test/acc_epoch0).
+
+ACC_EPOCH0 = "test/acc_epoch0"  # TANGO: the TAC with the same anchors before any training
+
+DPSEP_READING_MODELS = ("zeroshot", "coop", "ptnl", "ptnl_ce", "dpsep", "dpsep_printed", "dpsep_gate",
+                        "dpsep_asum", "dpsep_phrase")
+TANGO_READING_MODELS = ("tango", "tango_literal", "tango_ssr_mixup", "tango_weighted_knn")
+
+
+def _last_and_best_columns(noises: tuple[str, ...], **match: str) -> tuple[ColumnSpec, ...]:
+    """`<noise>` = last epoch (test/acc), `<noise>_best` = best epoch (test/acc_best), per noise setting."""
+    return (*(ColumnSpec(n, {"noise": n, **match}, ACC) for n in noises),
+            *(ColumnSpec(f"{n}_best", {"noise": n, **match}, ACC_BEST) for n in noises))
+
+
+def _best_last_epoch0_columns(columns: tuple[tuple[str, Mapping[str, str]], ...]) -> tuple[ColumnSpec, ...]:
+    """`<label>` = best epoch (TANGO's number), `<label>_last`, `<label>_epoch0` for each (label, match)."""
+    return (*(ColumnSpec(label, dict(m), ACC_BEST) for label, m in columns),
+            *(ColumnSpec(f"{label}_last", dict(m), ACC) for label, m in columns),
+            *(ColumnSpec(f"{label}_epoch0", dict(m), ACC_EPOCH0) for label, m in columns))
+
+
+SYNTHETIC_READINGS_DPSEP = TableSpec(
+    name="synthetic_readings_dpsep",
+    title="Synthetic world: DP-SEP readings beside the baselines (test acc, %: last epoch | best epoch)",
+    paper_csv=None,
+    row_key_names=("model",),
+    rows=_model_rows((*DPSEP_READING_MODELS, "dp", "sep", "sep_no_perturbation"), data="synthetic"),
+    columns=_last_and_best_columns(("clean", "sym50", "sym80")),
+    metric=ACC,
+)
+
+DPSEP_READINGS = TableSpec(
+    name="dpsep_readings",
+    title="DP-SEP readings on OxfordPets and UCF101 (test acc, %: last epoch | best epoch; paper: Table 1)",
+    paper_csv="dpsep_table1_synthetic.csv",
+    row_key_names=("dataset", "method"),
+    rows=tuple(RowSpec((d, m), {"data": d, "model": m}) for d in ("oxford_pets", "ucf101") for m in DPSEP_READING_MODELS),
+    columns=_last_and_best_columns(("sym50", "sym80", "inst60")),
+    metric=ACC,
+)
+
+SYNTHETIC_READINGS_TANGO_MODELS = (*TANGO_READING_MODELS, "tango_linear_visual", "tango_visual_only",
+                                   "tango_semantic_only", "tango_trainable_anchors", "tango_simple_prompts")
+_SYNTHETIC_TANGO_COLUMNS = tuple((n, {"noise": n}) for n in ("clean", "sym40", "sym60"))
+
+SYNTHETIC_READINGS_TANGO = TableSpec(
+    name="synthetic_readings_tango",
+    title="Synthetic world (full data, recipe scaled to the world): TANGO readings and ablations, ft_ce "
+          "(test acc, %: best epoch | last epoch | TAC before training)",
+    paper_csv=None,
+    row_key_names=("model",),
+    rows=_model_rows((*SYNTHETIC_READINGS_TANGO_MODELS, "ft_ce"), data=SYNTHETIC_TANGO_DATA),
+    columns=_best_last_epoch0_columns(_SYNTHETIC_TANGO_COLUMNS),
+    metric=ACC_BEST,
+)
+
+SYNTHETIC_READINGS_TANGO_PAPER_RECIPE = TableSpec(
+    name="synthetic_readings_tango_paper_recipe",
+    title="Synthetic world (full data, TANGO's published k = 200 and lr 5e-4): TANGO readings and ablations "
+          "(test acc, %: best epoch | last epoch | TAC before training)",
+    paper_csv=None,
+    row_key_names=("model",),
+    rows=_model_rows(SYNTHETIC_READINGS_TANGO_MODELS, data=SYNTHETIC_TANGO_DATA),
+    columns=_best_last_epoch0_columns(_SYNTHETIC_TANGO_COLUMNS),
+    metric=ACC_BEST,
+)
+
+TANGO_READINGS = TableSpec(
+    name="tango_readings",
+    title="TANGO readings and ablations on CIFAR-100 sym40 and CIFAR-100N "
+          "(test acc, %: best epoch | last epoch | TAC before training; paper: Table 3)",
+    paper_csv="tango_table3_ablation.csv",
+    row_key_names=("variant",),
+    # the ablations keep the paper's variant names, so Table 3's numbers line up beside them
+    rows=(*(RowSpec((variant,), {"model": model}) for variant, model in TANGO_VARIANTS),
+          *(RowSpec((m,), {"model": m}) for m in TANGO_READING_MODELS[1:])),
+    columns=_best_last_epoch0_columns((("sym40", {"data": "cifar100", "noise": "sym40"}),
+                                       ("cifar100n", {"data": "cifar100n", "noise": "real"}))),
+    metric=ACC_BEST,
+)
+
+TABLES.update({spec.name: spec for spec in (SYNTHETIC_READINGS_DPSEP, DPSEP_READINGS, SYNTHETIC_READINGS_TANGO,
+                                            SYNTHETIC_READINGS_TANGO_PAPER_RECIPE, TANGO_READINGS)})
