@@ -16,6 +16,7 @@ from torch import Tensor
 
 from noisy_prompt.losses import soft_cross_entropy
 from noisy_prompt.methods.feature_pass import training_set_pass
+from noisy_prompt.methods.tango.purification import resolve_k
 
 from . import core
 from .common import BaselineModule, Verdicts, augment_view, mlp
@@ -34,12 +35,11 @@ class SSR(BaselineModule):
     # Weights of the subclass's extra loss terms (extra_losses), by name.
     extra_weights: dict[str, float] = {}
 
-    def __init__(self, k: int = 200, theta_r: float = 0.9, theta_s: float = 1.0, vote_weighting: str = "similarity",
+    def __init__(self, k: int | str = 200, theta_r: float = 0.9, theta_s: float = 1.0, vote_weighting: str = "similarity",
                  exclude_self: bool = True, prior_normalise: bool = True, lambda_fc: float = 1.0,
                  mixup_alpha: float = 4.0, proj_dim: int = 128, hidden_dim: int = 256, balance: str = "weights",
                  **kwargs):
-        if int(k) < 1:
-            raise ValueError(f"model.k must be >= 1, got {k}")
+        resolve_k(k, 1, 1)  # a positive integer or 'auto' (checked before the backbone is built)
         if not 0.0 <= float(theta_r) <= 1.0 or not 0.0 <= float(theta_s) <= 1.0:
             raise ValueError(f"model.theta_r and model.theta_s must lie in [0, 1], got {theta_r} and {theta_s}")
         if vote_weighting not in core.VOTE_WEIGHTINGS:
@@ -49,7 +49,7 @@ class SSR(BaselineModule):
         if float(mixup_alpha) < 0 or float(lambda_fc) < 0:
             raise ValueError(f"model.mixup_alpha and model.lambda_fc must be >= 0, got {mixup_alpha} and {lambda_fc}")
         super().__init__(**kwargs)
-        self.knn_k, self.theta_r, self.theta_s = int(k), float(theta_r), float(theta_s)
+        self.knn_k_cfg, self.theta_r, self.theta_s = int(k), float(theta_r), float(theta_s)
         self.vote_weighting, self.exclude_self, self.prior_normalise = vote_weighting, bool(exclude_self), bool(prior_normalise)
         self.lambda_fc, self.mixup_alpha, self.balance = float(lambda_fc), float(mixup_alpha), balance
         self.head = self.make_head()
@@ -71,6 +71,8 @@ class SSR(BaselineModule):
                                                   desc=f"{type(self).__name__} epoch {self.current_epoch + 1}")
         feats, probs = out["feats"], out["probs"]
         working, relabelled = core.ssr_relabel(probs, given, self.theta_r)
+        # k: auto scales TANGO's k = 200 (CIFAR-100) to the served images per class, as TANGO's vote does.
+        self.knn_k = resolve_k(self.knn_k_cfg, feats.shape[0], self.num_classes)
         vote = core.weighted_knn_vote(feats, working, self.num_classes, self.knn_k, self.block_size,
                                       self.vote_weighting, self.exclude_self, self.prior_normalise)
         clean_mask, _ = core.ssr_select(vote, working, self.theta_s)
