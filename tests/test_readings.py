@@ -170,3 +170,15 @@ def test_tango_real_data_recipe_keeps_k_200():
     assert cfg.model.k == 200  # = round(0.4 x 500 images per class), the paper's value
     cfg = _compose(["model=tango_weighted_knn", "data=cifar100n", "noise=real", "backbone=vit_b16"])
     assert (cfg.model.k, cfg.model.knn_vote) == (200, "weighted")
+
+
+def test_best_and_last_from_a_test_curve():
+    from noisy_prompt.methods.epoch_curve import best_and_last
+
+    # val_every = 2 over 5 epochs: epochs 2 and 4 on the curve, the final test (epoch 5) adds the last point
+    out = best_and_last([[2, 40.0], [4, 55.0]], last_acc=50.0, last_epoch=5)
+    assert out == {"test/acc_best": 55.0, "test/acc_best_epoch": 4.0, "test/acc_last": 50.0, "test/acc_last_epoch": 5.0}
+    # the final test replaces the same epoch's validation point; ties go to the earliest epoch
+    out = best_and_last([[1, 30.0], [2, 30.0], [3, 10.0]], last_acc=12.0, last_epoch=3)
+    assert (out["test/acc_best"], out["test/acc_best_epoch"], out["test/acc_last"]) == (30.0, 1.0, 12.0)
+    assert best_and_last([], None, 0) == {}
