@@ -9,7 +9,7 @@ TEST_ENV := $(ENV) WANDB_MODE=disabled
 TABLE ?= synthetic_mini
 ARGS ?=
 
-.PHONY: install run test test-fast sweep aggregate bench pretrain clean
+.PHONY: install run test test-fast sweep aggregate bench bench-gpu pretrain clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -42,8 +42,13 @@ sweep: install
 aggregate: install
 	$(BIN)/python -m noisy_prompt.aggregate $(LOGS)/$(TABLE) --table $(TABLE) $(ARGS)
 
+# CPU: DP-SEP step time/memory of the dassl, cut and prefix text paths (takes ~30 min on 2 busy cores).
 bench: install
-	$(ENV) $(BIN)/python -m noisy_prompt.bench dpsep $(ARGS)
+	$(ENV) $(BIN)/python -m noisy_prompt.bench prompt $(ARGS)
+
+# One GPU, under 5 minutes: prompt paths in 16-mixed/bf16, TANGO images/s + MFU, k-NN at 50k, Table 1 GPU-hours.
+bench-gpu: install
+	$(ENV) $(BIN)/python -m noisy_prompt.bench_gpu $(ARGS)
 
 pretrain: install
 	$(BIN)/python -m noisy_prompt.synthetic.pretrain $(ARGS)

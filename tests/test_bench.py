@@ -1,0 +1,52 @@
+"""The benchmarks run end to end in their CPU smoke modes (numbers are not checked, only that every
+section is produced and is self-consistent)."""
+import re
+
+import pytest
+
+from noisy_prompt import bench, bench_gpu
+
+
+def test_class_names_subset_is_a_prefix_of_the_full_draw():
+    # bench prompt restates the C=S measurement for C > S on this very property
+    assert bench.class_names(1000)[:102] == bench.class_names(102)
+    assert len({len(n.split()) for n in bench.class_names(50)}) > 1  # names of different lengths
+
+
+def test_rescale_keeps_fixed_image_time():
+    m = bench.Measure(step_s=3.0, mem_mb=10.0, memory_kind="x")
+    r = {"C": 10, "S": 10, "t_img": 1.0, "paths": {"dassl": m, "prefix": m}}
+    out = bench.rescale(r, 100)
+    assert out["paths"]["dassl"].step_s == pytest.approx(1.0 + 2.0 * 10)
+    assert out["paths"]["prefix"].step_s == pytest.approx(30.0)
+    assert out["paths"]["prefix"].mem_mb == pytest.approx(100.0)
+
+
+def test_interpolation_in_classes():
+    pts = {37: 1.0, 102: 2.0, 1000: 11.0}
+    assert bench_gpu._interp(pts, 37) == pytest.approx(1.0)
+    assert bench_gpu._interp(pts, 551) == pytest.approx(6.5)
+    assert bench_gpu._interp(pts, 2000) == pytest.approx(22.0)  # proportional above the last point
+    assert bench_gpu._interp(pts, 10) == pytest.approx(1.0)  # no extrapolation of the slope below
+    assert bench_gpu._interp({4: 1.0, 8: 0.9}, 1000) > 0  # a noisy decreasing pair cannot go negative
+
+
+@pytest.mark.slow
+def test_prompt_bench_cpu_smoke(capsys):
+    bench.main(["prompt", "--backbones", "synthetic", "--classes", "4", "8", "--subset", "4", "--steps", "1",
+                "--warmup", "0", "--device", "cpu"])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("synthetic ")]
+    assert len(rows) == 2, out
+    assert "C=8 run on a subset of S=4 classes" in out
+    assert all(re.search(r"\d+\.\d+x\s+\d+\.\d+x$", r) for r in rows), rows
+
+
+@pytest.mark.slow
+def test_gpu_bench_tiny_cpu_smoke(capsys):
+    bench_gpu.main(["--device", "cpu", "--tiny"])
+    out = capsys.readouterr().out
+    for section in ("[1] DP-SEP training step", "[2] TANGO training step", "[3] blocked k-NN", "[4] DP-SEP Table 1"):
+        assert section in out, out
+    assert re.search(r"total \d+\.\d+ GPU-hours", out)
+    assert re.search(r"images/s", out)
