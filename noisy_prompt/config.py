@@ -24,6 +24,10 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("np_precision", _precision)
     if not OmegaConf.has_resolver("np_git_rev"):
         OmegaConf.register_new_resolver("np_git_rev", _git_rev, use_cache=True)
+    if not OmegaConf.has_resolver("np_settings_tag"):
+        from noisy_prompt.cell import resolve_settings_tag
+
+        OmegaConf.register_new_resolver("np_settings_tag", resolve_settings_tag)
 
 
 register_resolvers()
@@ -37,17 +41,24 @@ def ctor_kwargs(cfg: DictConfig, group: str) -> dict:
     return {k: v for k, v in node.items() if k not in NON_CTOR_KEYS.get(group, set())}
 
 
-def cell_keys(cfg: DictConfig) -> dict:
-    return {"model": cfg.model.name, "data": cfg.data.name, "noise": cfg.noise.name,
-            "backbone": cfg.backbone.name, "seed": int(cfg.seed),
-            "train_data": cfg.get("train_data") or cfg.data.name, "sweep": cfg.sweep}
+def result_config(cfg: DictConfig) -> dict:
+    """What determines the result, resolved: not paths, loggers, hardware or the force flag.
 
-
-def config_hash(cfg: DictConfig) -> str:
-    """Hash of what determines the result: not paths, loggers or the force flag."""
+    Stored in results.json beside its hash, so a stale cell can name the keys that changed."""
     resolved = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "noise", "backbone")}
     resolved["seed"] = int(cfg.seed)
     resolved["max_epochs"] = cfg.trainer.max_epochs
-    for drop in ("data_dir", "cache_dir", "num_workers"):
+    resolved["train_data"] = str(cfg.get("train_data") or cfg.data.name)
+    for drop in ("data_dir", "cache_dir", "num_workers", "eval_batch_size", "device"):
         resolved.get("data", {}).pop(drop, None)
-    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    model = resolved.get("model", {})
+    model.pop("block_size", None)  # memory, not results
+    for sub, key in (("anchors", "encode_batch_size"), ("source", "log_dir")):
+        if isinstance(model.get(sub), dict):
+            model[sub].pop(key, None)
+    return resolved
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Hash of `result_config(cfg)`."""
+    return hashlib.sha256(json.dumps(result_config(cfg), sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -7,7 +7,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from noisy_prompt import config as _config  # noqa: F401  (registers resolvers before composition)
 
@@ -22,6 +22,8 @@ def main(cfg: DictConfig) -> float | None:
 
     check_strategy(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    with open_dict(cfg):  # the resolved dir (with its settings tag), also for interpolations inside the job
+        cfg.run_dir = str(run_dir)
     try:
         results = run_cell(cfg, run_dir)
     except Exception:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import functools
 import itertools
-import json
 import os
 import re
 import shlex
@@ -39,6 +38,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import yaml
+
+from noisy_prompt.cell import FAILED as FAILED_FILE
+from noisy_prompt.cell import RESULTS, error_line
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SWEEPS_DIR = REPO_ROOT / "sweeps"
@@ -92,8 +94,9 @@ def format_value(value: Value) -> str:
 
 
 @dataclass(frozen=True)
-class Cell:
-    """One table cell for one seed: the overrides that make it a single `noisy_prompt.run`."""
+class Job:
+    """The overrides that make one `noisy_prompt.run` of a sweep. What cell (and run dir) a job is
+    follows from its composed config through the cell contract (noisy_prompt.cell), not from here."""
 
     sweep: str
     fixed: tuple[str, ...]
@@ -123,9 +126,9 @@ class Grid:
             n *= len(values)
         return n
 
-    def cells(self) -> list[Cell]:
+    def cells(self) -> list[Job]:
         keys = [k for k, _ in self.axes]
-        return [Cell(self.sweep, self.fixed, tuple(zip(keys, combo)))
+        return [Job(self.sweep, self.fixed, tuple(zip(keys, combo)))
                 for combo in itertools.product(*(values for _, values in self.axes))]
 
     def sweep_overrides(self) -> list[str]:
@@ -139,7 +142,7 @@ class SweepPlan:
     path: Path
     grids: tuple[Grid, ...]
 
-    def cells(self) -> list[Cell]:
+    def cells(self) -> list[Job]:
         return [c for g in self.grids for c in g.cells()]
 
 
@@ -321,12 +324,12 @@ def check_extra_overrides(extra: Sequence[str]) -> None:
             raise CellFilterError("extra override 'sweep=...' is not allowed: the sweep name is the file's table")
 
 
-class CellDir(NamedTuple):
+class JobDir(NamedTuple):
     run_dir: Path    # where the cell's results.json / failed.json go
     sweep_dir: Path  # hydra.sweep.dir of its multirun: the root to aggregate
 
 
-def compose_run_dirs(cells: Sequence[Cell], extra: Sequence[str] = (), launcher: str = "basic") -> dict[Cell, CellDir]:
+def compose_run_dirs(cells: Sequence[Job], extra: Sequence[str] = (), launcher: str = "basic") -> dict[Job, JobDir]:
     """Each cell's output dir as Hydra will make it: hydra.sweep.dir/hydra.sweep.subdir of its composed
     config, so user overrides of paths.log_dir or hydra.sweep.* are honoured.
 
@@ -337,7 +340,7 @@ def compose_run_dirs(cells: Sequence[Cell], extra: Sequence[str] = (), launcher:
     import noisy_prompt.config  # noqa: F401  (resolvers)
 
     tail = [*extra, *([LAUNCHERS[launcher]] if LAUNCHERS[launcher] else [])]
-    out: dict[Cell, CellDir] = {}
+    out: dict[Job, JobDir] = {}
     cache: dict[tuple[str, ...], Any] = {}
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         for cell in cells:
@@ -349,7 +352,8 @@ def compose_run_dirs(cells: Sequence[Cell], extra: Sequence[str] = (), launcher:
             if seed is not None:
                 cfg.seed = int(seed)
             sweep_dir = Path(str(cfg.hydra.sweep.dir))
-            out[cell] = CellDir(sweep_dir / str(cfg.hydra.sweep.subdir), sweep_dir)
+            # hydra.sweep.subdir is the cell contract's layout (conf/run.yaml run_subdir, settings tag included)
+            out[cell] = JobDir(sweep_dir / str(cfg.hydra.sweep.subdir), sweep_dir)
     return out
 
 
@@ -377,16 +381,7 @@ class Snapshot:
 
     @classmethod
     def of(cls, run_dir: Path) -> "Snapshot":
-        return cls(_stamp(run_dir / "results.json"), _stamp(run_dir / "failed.json"))
-
-
-def _error_line(failed_json: Path) -> str:
-    try:
-        payload = json.loads(failed_json.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        return f"unreadable {failed_json.name}: {err}"
-    lines = str(payload.get("error") or "no error message").strip().splitlines()
-    return lines[0] if lines else "no error message"
+        return cls(_stamp(run_dir / RESULTS), _stamp(run_dir / FAILED_FILE))
 
 
 def cell_status(run_dir: Path, before: Snapshot) -> tuple[str, str | None]:
@@ -394,7 +389,7 @@ def cell_status(run_dir: Path, before: Snapshot) -> tuple[str, str | None]:
     cluster file system with skewed clocks classifies the same way)."""
     after = Snapshot.of(run_dir)
     if after.failed is not None and after.failed != before.failed:
-        return FAILED, _error_line(run_dir / "failed.json")
+        return FAILED, error_line(run_dir / FAILED_FILE)
     if after.results is not None and after.results != before.results:
         return DONE, None
     if after.results is not None:
@@ -404,11 +399,11 @@ def cell_status(run_dir: Path, before: Snapshot) -> tuple[str, str | None]:
 
 @dataclass
 class Summary:
-    statuses: dict[str, list[tuple[Cell, Path, str | None]]] = field(
+    statuses: dict[str, list[tuple[Job, Path, str | None]]] = field(
         default_factory=lambda: {DONE: [], SKIPPED: [], FAILED: [], MISSING: []})
     launch_errors: list[str] = field(default_factory=list)
 
-    def add(self, cell: Cell, run_dir: Path, status: str, error: str | None) -> None:
+    def add(self, cell: Job, run_dir: Path, status: str, error: str | None) -> None:
         self.statuses[status].append((cell, run_dir, error))
 
     @property
@@ -447,7 +442,7 @@ def describe(plan: SweepPlan, extra: Sequence[str], launcher: str, force: bool) 
     return "\n".join(lines)
 
 
-def run_plan(plan: SweepPlan, dirs: Mapping[Cell, CellDir], extra: Sequence[str] = (), launcher: str = "basic",
+def run_plan(plan: SweepPlan, dirs: Mapping[Job, JobDir], extra: Sequence[str] = (), launcher: str = "basic",
              force: bool = False, out=sys.stdout) -> Summary:
     """Launch every grid of the plan (one multirun each, in order) and classify every cell."""
     cells = plan.cells()

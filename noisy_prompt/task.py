@@ -1,12 +1,16 @@
 """The task wrapper: one table cell for one seed, start to finish, always cleaning up.
 
-Skips a finished cell (its results.json exists) unless `force=true`, resumes an interrupted one from
-its last checkpoint, writes results.json (rank 0 only) or failed.json with the error, and closes
-loggers in a `finally` so jobs of a multirun never share a W&B run.
+Holds the cell's lock for the whole run (a second process on the same cell waits or stops), skips a
+finished cell only when its stored config hash equals this run's (force=true reruns it; another hash
+stops with a message instead of returning the old number), resumes an interrupted one from its
+last checkpoint (saved at the end of every epoch), writes results.json (rank 0 only, atomically) or
+failed.json with the error, and closes loggers in a `finally` so jobs of a multirun never share a
+W&B run.
 """
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 import traceback
 from pathlib import Path
@@ -16,10 +20,42 @@ import lightning as L
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from noisy_prompt.config import cell_keys, config_hash, ctor_kwargs
-from noisy_prompt.reporting.results import FAILED, RESULTS, git_revision, read_json, versions, write_json
+from noisy_prompt.cell import (FAILED, RESULTS, CellId, StaleCellError, cell_lock, config_diff, finished_result,
+                               is_secondary_rank, parse_settings, read_json, task_overrides, write_json)
+from noisy_prompt.config import config_hash, ctor_kwargs, result_config
+from noisy_prompt.reporting.results import git_revision, versions
 
 log = logging.getLogger(__name__)
+
+
+def max_epochs_of(cfg: DictConfig) -> int:
+    """The one number of epochs of a run: `trainer.max_epochs` (which defaults to model.max_epochs).
+
+    The module's LR schedule and DP-SEP's alpha schedule receive it, and the datamodule caches as many
+    augmented views (data.views interpolates it), so whichever documented key the user sets, they agree.
+    """
+    value = cfg.trainer.get("max_epochs")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"trainer.max_epochs must be a positive integer, got {value!r}: set the number of "
+                         "epochs with model.max_epochs=<n> (trainer.max_epochs follows it)")
+    steps = cfg.trainer.get("max_steps")
+    if steps not in (None, -1):
+        raise ValueError(f"trainer.max_steps={steps} is not supported: the LR and alpha schedules are per epoch; "
+                         "set model.max_epochs=<n> instead")
+    overrides = parse_settings(task_overrides(cfg))
+    if "model.max_epochs" in overrides and "trainer.max_epochs" in overrides and int(cfg.model.max_epochs) != value:
+        raise ValueError(f"model.max_epochs={cfg.model.max_epochs} and trainer.max_epochs={value} disagree: "
+                         "set only model.max_epochs")
+    return int(value)
+
+
+def check_backbone(cfg: DictConfig) -> None:
+    """The synthetic world's tiny CLIP on a real dataset would report meaningless numbers without error."""
+    if cfg.backbone.get("synthetic_world_only", False) and cfg.data.get("real_images", False) \
+            and not cfg.get("allow_synthetic_backbone", False):
+        raise ValueError(f"backbone={cfg.backbone.name} is the synthetic world's 32-pixel CLIP; data={cfg.data.name} "
+                         "is a real dataset. Leave backbone at the dataset's default (its paper's CLIP) or pick one "
+                         "(backbone=vit_b16|vit_b32|rn50|siglip); allow_synthetic_backbone=true forces it (tests).")
 
 
 def _instantiate_group(cfg: DictConfig, group: str, **extra) -> list:
@@ -27,18 +63,28 @@ def _instantiate_group(cfg: DictConfig, group: str, **extra) -> list:
     return [instantiate(c, **extra) for c in node.values() if c is not None and "_target_" in c]
 
 
-def build_datamodule(cfg: DictConfig):
+def build_clip(cfg: DictConfig):
+    """The run's one CLIP, handed to the datamodule (features) and the method (its frozen/trained parts)."""
+    from noisy_prompt.clip.factory import create_clip
+
+    return create_clip(**OmegaConf.to_container(cfg.backbone, resolve=True))
+
+
+def build_datamodule(cfg: DictConfig, clip_bundle=None):
     noise = instantiate(cfg.noise)
     kwargs = ctor_kwargs(cfg, "data")
     target = kwargs.pop("_target_")
     backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
     # Called directly, not through instantiate: Hydra would turn the NoiseSpec dataclass back into a dict.
-    return get_class(target)(**kwargs, noise=noise, backbone=backbone, seed=int(cfg.seed))
+    return get_class(target)(**kwargs, noise=noise, backbone=backbone, seed=int(cfg.seed), clip_bundle=clip_bundle)
 
 
-def build_module(cfg: DictConfig, dm):
+def build_module(cfg: DictConfig, dm, clip_bundle=None):
     kwargs = ctor_kwargs(cfg, "model")
     target = kwargs.pop("_target_")
+    kwargs["max_epochs"] = max_epochs_of(cfg)
+    if clip_bundle is not None:
+        kwargs["clip_bundle"] = clip_bundle
     # The datamodule publishes class descriptions where its dataset has them (None elsewhere).
     descriptions = getattr(dm, "class_descriptions", None)
     return get_class(target)(**kwargs, backbone=OmegaConf.to_container(cfg.backbone, resolve=True),
@@ -74,45 +120,99 @@ def collect_metrics(module, dm) -> dict[str, float]:
     return metrics
 
 
+def _failure(cell: CellId, cfg: DictConfig, err: BaseException, t0: float) -> dict[str, Any]:
+    return {"status": "failed", "cell": cell.to_record(), "cell_id": cfg.cell, "config_hash": config_hash(cfg),
+            "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(),
+            "wall_time_s": round(time.time() - t0, 2)}
+
+
+RUN_CONFIG = "run_config.json"  # the config hash the checkpoints in this dir were made with
+
+
+def _check_checkpoint_config(cfg: DictConfig, run_dir: Path, cell: CellId, chash: str, rconf: dict, t0: float) -> None:
+    """A checkpoint is resumed only by the configuration that wrote it; force=true starts afresh."""
+    ckpt_dir = run_dir / "checkpoints"
+    if is_secondary_rank():  # plain DDP re-runs this command per rank: rank 0 alone manages the dir
+        return
+    if cfg.get("force", False):
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    elif (ckpt_dir / "last.ckpt").is_file() and (run_dir / RUN_CONFIG).is_file():
+        stored = read_json(run_dir / RUN_CONFIG)
+        if stored.get("config_hash") != chash:
+            diff = config_diff(stored.get("config") or {}, rconf)
+            err = StaleCellError(f"{ckpt_dir / 'last.ckpt'} was written by a different configuration (hash "
+                                 f"{stored.get('config_hash')}, this run {chash})" + (":\n  " + "\n  ".join(diff) if diff else "")
+                                 + "\nRerun with force=true to start this cell afresh, or pick another sweep=NAME.")
+            write_json(run_dir / FAILED, _failure(cell, cfg, err, t0))
+            raise err
+    write_json(run_dir / RUN_CONFIG, {"config_hash": chash, "config": rconf})
+
+
 def run_cell(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
+    cell = CellId.from_config(cfg)
+    with cell_lock(run_dir, float(cfg.get("lock_wait_s", 0) or 0)):
+        return _run_locked(cfg, run_dir, cell)
+
+
+def _run_locked(cfg: DictConfig, run_dir: Path, cell: CellId) -> dict[str, Any]:
     results_path = run_dir / RESULTS
-    if results_path.is_file() and not cfg.get("force", False):
-        log.info("cell already finished, skipping (force=true to rerun): %s", results_path)
-        return read_json(results_path)
-    (run_dir / FAILED).unlink(missing_ok=True)
     t0 = time.time()
+    chash, rconf = config_hash(cfg), result_config(cfg)
+    if not cfg.get("force", False):
+        try:
+            stored = finished_result(run_dir, chash, rconf)
+        except StaleCellError as err:
+            write_json(run_dir / FAILED, _failure(cell, cfg, err, t0))
+            raise
+        if stored is not None:
+            log.info("cell already finished, skipping (force=true to rerun): %s", results_path)
+            return stored
+    (run_dir / FAILED).unlink(missing_ok=True)
+    _check_checkpoint_config(cfg, run_dir, cell, chash, rconf, t0)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     loggers: list = []
     trainer = None
     ok = False
     try:
+        check_backbone(cfg)
+        max_epochs = max_epochs_of(cfg)
         # Loggers first, so a job that fails while building data or model still has its (closed) W&B run.
         loggers = _instantiate_group(cfg, "logger")
         for lg in loggers:  # the resolved config, so every run is reproducible from its dashboard alone
             lg.log_hyperparams({k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "hydra"})
-        dm = build_datamodule(cfg)
+        bundle = build_clip(cfg)
+        dm = build_datamodule(cfg, bundle)
         dm.setup("fit")
-        module = build_module(cfg, dm)
+        module = build_module(cfg, dm, bundle)
+        del bundle
         from noisy_prompt.methods.base import REPORT_FILE
 
         module.report_path = str(run_dir / REPORT_FILE)
         callbacks = _instantiate_group(cfg, "callbacks")
-        trainer = instantiate(cfg.trainer, default_root_dir=str(run_dir), logger=loggers or False,
+        for cb in callbacks:  # checkpoints live in this cell's dir, whatever run_dir the config resolved to
+            if type(cb).__name__ == "ModelCheckpoint":
+                cb.dirpath = str(run_dir / "checkpoints")
+        trainer = instantiate(cfg.trainer, default_root_dir=str(run_dir), logger=loggers or False, max_epochs=max_epochs,
                               callbacks=callbacks, enable_checkpointing=any("Checkpoint" in type(c).__name__ for c in callbacks))
         if module.trains:
             last = run_dir / "checkpoints" / "last.ckpt"
+            if last.is_file():
+                log.info("resuming %s from %s", cfg.cell, last)
             trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.is_file() else None)
         trainer.test(module, datamodule=dm, verbose=False)
         if (run_dir / REPORT_FILE).is_file():  # written by rank 0, also when ranks were spawned processes
             module.load_report(run_dir / REPORT_FILE)
+        noise = dm.noise_summary()
         results = {
             "status": "ok",
-            "cell": cell_keys(cfg),
+            "cell": cell.to_record(),
             "cell_id": cfg.cell,
             "metrics": collect_metrics(module, dm),
-            "noise": dm.noise_summary(),
-            "config_hash": config_hash(cfg),
+            # The C x C transition matrix goes to noise.json only (10^6 numbers for ImageNet).
+            "noise": {k: v for k, v in noise.items() if k != "transition"},
+            "config_hash": chash,
+            "config": rconf,
             "versions": versions(),
             "git_rev": git_revision(),
             "world_size": trainer.world_size,
@@ -123,17 +223,15 @@ def run_cell(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if trainer.is_global_zero:
             from noisy_prompt.reporting.artifacts import save_run_artifacts
 
-            save_run_artifacts(cfg, module, dm, run_dir, loggers)
-            write_json(results_path, results)
+            save_run_artifacts(cfg, module, dm, run_dir, loggers, noise=noise)
             OmegaConf.save(cfg, run_dir / "config.yaml", resolve=False)
+            write_json(results_path, results)  # last: its presence means the cell is finished
             log.info("%s: test acc %.2f -> %s", cfg.cell, results["metrics"].get("test/acc", float("nan")), results_path)
         ok = True
         return results
     except BaseException as err:
         if trainer is None or trainer.is_global_zero:
-            write_json(run_dir / FAILED, {"status": "failed", "cell": cell_keys(cfg), "cell_id": cfg.cell,
-                                          "error": f"{type(err).__name__}: {err}",
-                                          "traceback": traceback.format_exc(), "wall_time_s": round(time.time() - t0, 2)})
+            write_json(run_dir / FAILED, _failure(cell, cfg, err, t0))
         raise
     finally:
         finish_loggers(loggers, ok)

@@ -6,7 +6,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import noisy_prompt.config  # noqa: F401  (resolvers)
-from noisy_prompt.config import cell_keys, config_hash, ctor_kwargs
+from noisy_prompt.cell import CellId
+from noisy_prompt.config import config_hash, ctor_kwargs
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -29,7 +30,7 @@ def test_every_model_data_pair_composes(model, data):
     assert data_kwargs["name"] == data
     assert data_kwargs["input"] == cfg.model.input
     assert cfg.trainer.max_epochs == cfg.model.max_epochs
-    assert cell_keys(cfg)["model"] == cfg.model.name
+    assert CellId.from_config(cfg).key.model == cfg.model.name
 
 
 @pytest.mark.parametrize("noise", names("noise"))

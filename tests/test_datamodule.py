@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from noisy_prompt.clip.features import FeatureCache
+from noisy_prompt.data.features import FeatureCache
 from noisy_prompt.data.transforms import describe, train_transform
 from noisy_prompt.noise import NoiseSpec
 from noisy_prompt.synthetic.dataset import read_synthetic

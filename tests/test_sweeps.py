@@ -17,14 +17,14 @@ from omegaconf import OmegaConf, open_dict
 
 import noisy_prompt.config  # noqa: F401  (resolvers)
 from noisy_prompt import sweep as sw
-from noisy_prompt.config import cell_keys, ctor_kwargs
+from noisy_prompt.cell import CellId, CellKey, settings_tag
+from noisy_prompt.config import ctor_kwargs
 from noisy_prompt.methods.crossdata import (
     CrossDataEval,
     SourceCheckpointError,
     source_checkpoint_path,
     source_run_dir,
 )
-from noisy_prompt.reporting.aggregate import CellKey
 from noisy_prompt.reporting.tables import TABLES, load_paper_numbers
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,11 +36,15 @@ PAPER_TABLES = ("dpsep_table1", "dpsep_table2", "dpsep_table3", "dpsep_table4",
 # dpsep_table1's), and the backbone each paper table uses.
 EXPECTED_CELLS = {"dpsep_table1": 378, "dpsep_table2": 12, "dpsep_table3": 216, "dpsep_table4": 75,
                   "tango_table1": 12, "tango_table2": 12, "tango_table3": 72, "tango_table4": 9,
-                  "synthetic_mini": 6, "synthetic_dpsep": 84, "synthetic_tango": 60}
+                  "synthetic_mini": 6, "synthetic_dpsep": 84, "synthetic_tango": 60,
+                  "dpsep_sensitivity": 84, "tango_sensitivity": 39}
+# Sweeps aggregated with `aggregate --by KEY` (one table per hyperparameter), not as a paper TableSpec.
+SENSITIVITY = {"dpsep_sensitivity", "tango_sensitivity"}
 EXPECTED_BACKBONES = {"dpsep_table1": {"vit_b32"}, "dpsep_table2": {"vit_b32"}, "dpsep_table3": {"vit_b32"},
                       "dpsep_table4": {"vit_b32"}, "tango_table1": {"vit_b16"}, "tango_table2": {"vit_b16"},
                       "tango_table3": {"vit_b16"}, "tango_table4": {"vit_b16", "vit_b32", "siglip"},
-                      "synthetic_mini": {"synthetic"}, "synthetic_dpsep": {"synthetic"}, "synthetic_tango": {"synthetic"}}
+                      "synthetic_mini": {"synthetic"}, "synthetic_dpsep": {"synthetic"}, "synthetic_tango": {"synthetic"},
+                      "dpsep_sensitivity": {"vit_b32"}, "tango_sensitivity": {"vit_b16"}}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -63,7 +67,7 @@ def _compose(overrides: list[str] | tuple[str, ...]):
     return _compositions[key]
 
 
-def _split(cell: sw.Cell) -> tuple[list[str], dict[str, str]]:
+def _split(cell: sw.Job) -> tuple[list[str], dict[str, str]]:
     """(overrides composed as such, {group: choice} put in afterwards; also sweep and seed)."""
     base, plain = [], {}
     touched = {sw.override_key(o).split(".")[0] for o in cell.overrides() if "." in sw.override_key(o)}
@@ -76,7 +80,7 @@ def _split(cell: sw.Cell) -> tuple[list[str], dict[str, str]]:
     return base, plain
 
 
-def cell_config(cell: sw.Cell):
+def cell_config(cell: sw.Job):
     """The composed config of a cell (a shared object: read it before the next call)."""
     base, plain = _split(cell)
     cfg = _compose(base)
@@ -96,7 +100,7 @@ def _resolve_all(cfg) -> dict:
             for k in ("model", "data", "noise", "backbone", "trainer", "callbacks", "logger", "paths")}
 
 
-def cell_record(cell: sw.Cell) -> dict:
+def cell_record(cell: sw.Job) -> dict:
     """What results.json's `cell` will say for this cell, and its run dir; every group resolved once per
     distinct (model, data, noise, backbone, overrides)."""
     memo = (cell, os.environ.get("NOISY_PROMPT_LOGS"))
@@ -106,7 +110,7 @@ def cell_record(cell: sw.Cell) -> dict:
         if key not in _resolved:
             _resolve_all(cfg)  # raises on a broken interpolation or a missing key
             _resolved.add(key)
-        _records[memo] = {**cell_keys(cfg), "run_dir": str(cfg.run_dir)}
+        _records[memo] = {**CellId.from_config(cfg).to_record(), "run_dir": str(cfg.run_dir)}
     return dict(_records[memo])
 
 
@@ -140,7 +144,7 @@ def test_every_sweep_file_is_listed_and_every_table_has_a_sweep():
 def test_sweep_file_loads_and_names_its_table(path):
     plan = sw.load_sweep(path)
     assert plan.table == path.stem
-    assert plan.table in TABLES, f"{path}: table {plan.table!r} is not an aggregate TableSpec"
+    assert plan.table in TABLES or plan.table in SENSITIVITY, f"{path}: table {plan.table!r} is not an aggregate TableSpec"
     cells = plan.cells()
     assert len(set(cells)) == len(cells), "a cell is listed twice"
     assert path.read_text().startswith("#"), "document the table, recipe and paper numbers at the top"
@@ -173,7 +177,8 @@ def test_node_substitution_equals_full_composition(index, table_logs):
         cell = sw.load_sweep(table).cells()[index]
         fast = _resolve_all(cell_config(cell))
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            full = compose(config_name="run", overrides=cell.overrides())
+            # with the hydra node, as Hydra resolves a job: run dirs carry the settings tag of the overrides
+            full = compose(config_name="run", overrides=cell.overrides(), return_hydra_config=True)
         assert fast == _resolve_all(full), cell.label()
         assert cell_record(cell)["run_dir"] == full.run_dir
 
@@ -192,7 +197,8 @@ def test_sweep_cells_are_exactly_the_tables_cells(table, table_logs):
             filters[(row.labels, col.label)] = spec.cell_filter(row, col)
     assert not paper or {labels for labels, _ in filters} <= set(paper)
     records = [cell_record(c) for c in sw.load_sweep(table).cells() if c.sweep == table]
-    keys = [CellKey(r["model"], r["data"], r["noise"], r["backbone"], r["train_data"]) for r in records]
+    keys = [CellKey(r["model"], r["data"], r["noise"], r["backbone"], r["train_data"], tuple(r["settings"].items()))
+            for r in records]
     for rec, key in zip(records, keys):
         assert any(key.matches(f) for f in filters.values()), f"{key.label()} is in no cell of table {table}"
     for where, filt in filters.items():
@@ -267,7 +273,8 @@ def test_cli_rejects_a_bad_filter_and_a_swept_extra_override(capsys, monkeypatch
     assert sw.main(["synthetic_mini", "--", "model.lam=0.1,0.2"]) == 2
     assert "sweeps several values" in capsys.readouterr().err
     assert sw.main(["no_such_table"]) == 2
-    assert "known sweeps: dpsep_table1" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "known sweeps: " in err and "dpsep_table1" in err
 
 
 def test_dry_run_prints_the_commands_and_cells_and_runs_nothing(capsys, monkeypatch):
@@ -386,7 +393,9 @@ def test_run_dirs_follow_user_overrides_of_the_log_dir(tmp_path, logs):
     cell = sw.load_sweep("synthetic_mini").cells()[0]
     other = tmp_path / "elsewhere"
     (d,) = sw.compose_run_dirs([cell], [f"paths.log_dir={other}"]).values()
-    assert d.run_dir == other / "synthetic_mini" / "zeroshot" / "synthetic" / "clean" / "synthetic" / "seed1"
+    # paths.log_dir moves the dir but is not a setting; the sweep's recipe override is (settings tag)
+    tag = settings_tag({"data.recipe.prompt.max_epochs": "5"})
+    assert d.run_dir == other / "synthetic_mini" / "zeroshot" / "synthetic" / "clean" / "synthetic" / f"seed1{tag}"
     assert d.sweep_dir == other / "synthetic_mini"
 
 
@@ -482,7 +491,7 @@ def _build(cfg, classnames=("banded", "woven")):
 
 def test_crossdata_preset_composes_as_a_cross_dataset_cell(logs):
     cfg = _crossdata_cfg("model.name=dpsep", "++train_data=imagenet")
-    keys = cell_keys(cfg)
+    keys = CellId.from_config(cfg).to_record()
     assert (keys["model"], keys["data"], keys["train_data"], keys["noise"]) == ("dpsep", "dtd", "imagenet", "sym50")
     assert cfg.run_dir == str(logs / "dpsep_table3" / "dpsep" / "dtd" / "sym50" / "vit_b32" / "seed2")
     src = ctor_kwargs(cfg, "model")["source"]
@@ -618,3 +627,21 @@ def test_synthetic_mini_sweep_end_to_end(tmp_path):
         row = next(line for line in agg.stdout.splitlines() if line.startswith(f"| {model} |"))
         assert row.count("(n=1)") == 2, row
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "logs"]  # nothing else in the cwd
+
+
+@pytest.mark.parametrize("table,extra,backbone", [("dpsep_sensitivity", [], "vit_b32"),
+                                                  ("dpsep_sensitivity", ["data=synthetic"], "synthetic"),
+                                                  ("tango_sensitivity", ["data=synthetic_full"], "synthetic")])
+def test_sensitivity_sweeps_give_one_dir_per_setting_and_run_on_the_synthetic_world(table, extra, backbone, logs):
+    plan = sw.load_sweep(table)
+    cells = plan.cells()
+    dirs = sw.compose_run_dirs(cells, extra)
+    assert len({d.run_dir for d in dirs.values()}) == len(cells) == EXPECTED_CELLS[table]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for cell in cells[::13]:
+            cfg = compose(config_name="run", overrides=cell.overrides() + extra, return_hydra_config=True)
+            rec = CellId.from_config(cfg).to_record()
+            (key, value), _seed = cell.assignment
+            assert rec["settings"] == {key: str(value)} and rec["backbone"] == backbone
+            assert f"{key}={value}" in Path(cfg.run_dir).name
+            assert Path(cfg.run_dir) == dirs[cell].run_dir

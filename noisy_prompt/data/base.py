@@ -1,11 +1,12 @@
 """What every dataset reader returns, so that the datamodule treats real and synthetic data alike."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 
 class DatasetLayoutError(FileNotFoundError):
@@ -29,6 +30,33 @@ def open_rgb(path: str | Path) -> Image.Image:
         return im.convert("RGB")
 
 
+def verify_hint(dataset: str) -> str:
+    return (f"Check the whole tree with `python -m noisy_prompt.data verify data={dataset or '<name>'} "
+            "paths.data_dir=<root>` (add --quick for a size-only check).")
+
+
+class ImageReadError(RuntimeError):
+    """An image a split lists is missing, unreadable or truncated; names dataset, split and file."""
+
+    def __init__(self, dataset: str, split: str, item: Any, problem: str):
+        self.dataset, self.split, self.item = dataset, split, item
+        super().__init__(f"dataset '{dataset or '?'}', split '{split or '?'}': {problem}: {item}\n{verify_hint(dataset)}")
+
+
+class EmptyClassError(ValueError):
+    """A class of a split has no images (e.g. an emptied ImageNet class folder)."""
+
+
+def is_file_item(item: Any) -> bool:
+    return isinstance(item, (str, Path))
+
+
+def file_identity(path: str | Path) -> str:
+    """Resolved path, size and modification time: a changed, replaced or moved file gets a new identity."""
+    st = os.stat(path)
+    return f"{os.path.realpath(path)}|{st.st_size}|{st.st_mtime_ns}"
+
+
 @dataclass
 class ImageSplit:
     """One split of one dataset.
@@ -44,6 +72,8 @@ class ImageSplit:
     loader: Callable[[Any], Image.Image] = open_rgb
     clean_labels: list[int] | None = None  # real-noise datasets where the truth is known (CIFAR-100N)
     keys: list[str] = field(default_factory=list)
+    dataset: str = ""  # names for error messages (set by the datamodule / verify via `name_splits`)
+    split: str = ""
 
     def __post_init__(self):
         if len(self.items) != len(self.labels):
@@ -57,7 +87,38 @@ class ImageSplit:
         return len(self.items)
 
     def load(self, i: int) -> Image.Image:
-        return self.loader(self.items[i])
+        item = self.items[i]
+        try:
+            return self.loader(item)
+        except FileNotFoundError:
+            raise ImageReadError(self.dataset, self.split, item, "image file is missing") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            # PIL raises OSError("image file is truncated ...") for a cut JPEG, UnidentifiedImageError for junk.
+            raise ImageReadError(self.dataset, self.split, item,
+                                 f"image is unreadable or truncated ({type(err).__name__}: {err})") from None
+
+    def identity(self, i: int) -> str:
+        """Cache identity of item i: its key plus, for a file, the file's resolved path, size and mtime."""
+        item = self.items[i]
+        if not is_file_item(item):
+            return self.keys[i]
+        try:
+            return f"{self.keys[i]}|{file_identity(item)}"
+        except FileNotFoundError:
+            raise ImageReadError(self.dataset, self.split, item, "image file is missing") from None
+
+    def check_classes(self) -> None:
+        """Every class has at least one image (a silently empty class would still be scored)."""
+        counts = [0] * len(self.classnames)
+        for y in self.labels:
+            if 0 <= int(y) < len(counts):
+                counts[int(y)] += 1
+        empty = [f"{c} ({self.classnames[c]})" for c, n in enumerate(counts) if n == 0]
+        if empty:
+            more = f" and {len(empty) - 10} more" if len(empty) > 10 else ""
+            raise EmptyClassError(f"dataset '{self.dataset or '?'}', split '{self.split or '?'}': {len(empty)} of "
+                                  f"{len(counts)} classes have no images: {', '.join(empty[:10])}{more}\n"
+                                  + verify_hint(self.dataset))
 
     def subset(self, indices: Sequence[int], labels: Sequence[int] | None = None) -> "ImageSplit":
         """A new split with the given rows; `labels` replaces the labels (e.g. a noisy few-shot set)."""
@@ -69,6 +130,8 @@ class ImageSplit:
             loader=self.loader,
             clean_labels=None if self.clean_labels is None else [self.clean_labels[i] for i in idx],
             keys=[self.keys[i] for i in idx],
+            dataset=self.dataset,
+            split=self.split,
         )
 
 
@@ -82,7 +145,17 @@ class DatasetSplits:
     test: ImageSplit
     extra_tests: dict[str, ImageSplit] = field(default_factory=dict)
     templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
+    # classname -> descriptive sentences, for datasets that ship their own (the synthetic world); None elsewhere.
+    class_descriptions: dict[str, list[str]] | None = None
 
     @property
     def classnames(self) -> list[str]:
         return self.train.classnames
+
+    def named(self, dataset: str) -> "DatasetSplits":
+        """Give every split its dataset and split name, for error messages. Returns self."""
+        for part, split in (("train", self.train), ("val", self.val), ("test", self.test),
+                            *((f"test_{k}", v) for k, v in self.extra_tests.items())):
+            if split is not None:
+                split.dataset, split.split = dataset, part
+        return self

@@ -41,6 +41,27 @@ class UnpaddedDistributedSampler(torch.utils.data.DistributedSampler):
         return self.num_samples
 
 
+class EpochShuffleSampler(torch.utils.data.Sampler):
+    """A permutation that is a function of (seed, epoch) alone.
+
+    A DataLoader with shuffle=True draws each epoch's order from one generator stream, so a run
+    resumed at epoch e (a fresh stream) would see other batches than the uninterrupted run; here the
+    order of epoch e is the same whether or not the process restarted in between."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = int(n), int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:  # also called by Lightning before every training epoch
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=gen).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
 def _eval_sampler(ds: Dataset):
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         return UnpaddedDistributedSampler(ds, torch.distributed.get_world_size(), torch.distributed.get_rank())
@@ -116,6 +137,8 @@ class CLIPDataModule(L.LightningDataModule):
         templates: list[str] | None = None,
         device: str = "cpu",
         real_noise: bool = False,
+        real_images: bool = False,
+        clip_bundle=None,
     ):
         super().__init__()
         if input not in ("features", "images"):
@@ -139,6 +162,9 @@ class CLIPDataModule(L.LightningDataModule):
             raise ValueError(f"data={name} has real noisy labels; use noise=real (got noise={noise.name}, "
                              f"protocol {noise.protocol})")
         self.real_noise = real_noise
+        self.real_images = bool(real_images)  # published by the data config; the task checks the backbone with it
+        # The run's CLIP, built once by the task and shared with the method; built here when None (tests).
+        self.clip_bundle = clip_bundle
         self.splits: DatasetSplits | None = None
         self.noise_result = None
         self._ready = False
@@ -203,12 +229,16 @@ class CLIPDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._ready:
             return
-        self.splits = read_dataset(self.reader, self.data_dir, **self.reader_kwargs)
+        self.splits = read_dataset(self.reader, self.data_dir, **self.reader_kwargs).named(self.name)
+        # A class with no training or test image would silently change the benchmark (C-1 classes scored).
+        self.splits.train.check_classes()
+        self.splits.test.check_classes()
         self.train_split, labels, clean = self._build_train(self.splits)
         self.train_labels, self.train_clean = labels, clean
         self.val_split = self._build_val(self.splits)
         self.test_splits = {"test": self.splits.test, **{f"test_{k}": v for k, v in self.splits.extra_tests.items()}}
         self._build_datasets()
+        self.clip_bundle = None  # the datamodule needs no CLIP after caching; the method keeps its own reference
         self._ready = True
 
     @property
@@ -218,6 +248,12 @@ class CLIPDataModule(L.LightningDataModule):
     @property
     def templates(self) -> list[str]:
         return list(self._templates or self.splits.templates)
+
+    @property
+    def class_descriptions(self) -> dict[str, list[str]] | None:
+        """Class name -> descriptive sentences the dataset itself publishes (the synthetic world's);
+        None for datasets without them."""
+        return getattr(self.splits, "class_descriptions", None)
 
     @property
     def test_set_names(self) -> list[str]:
@@ -230,7 +266,7 @@ class CLIPDataModule(L.LightningDataModule):
     def _build_datasets(self) -> None:
         from noisy_prompt.clip.factory import create_clip
 
-        bundle = create_clip(**self.backbone)
+        bundle = self.clip_bundle if self.clip_bundle is not None else create_clip(**self.backbone)
         train_tf, test_tf = self._transforms(bundle.image_size, bundle.mean, bundle.std)
         def clean_of(split):
             return np.asarray(split.clean_labels if split.clean_labels is not None else split.labels)
@@ -240,9 +276,11 @@ class CLIPDataModule(L.LightningDataModule):
             self.val_set = None if self.val_split is None else LabeledImages(self.val_split, test_tf, np.asarray(self.val_split.labels), clean_of(self.val_split))
             self.test_sets = {k: LabeledImages(s, test_tf, np.asarray(s.labels), clean_of(s)) for k, s in self.test_splits.items()}
             return
-        from noisy_prompt.clip.features import FeatureCache
+        from noisy_prompt.data.features import FeatureCache
 
-        visual = bundle.model.visual.to(self.device).eval()
+        visual = bundle.model.visual.to(self.device)
+        was_training = visual.training
+        visual.eval()
         cache = FeatureCache(self.cache_dir, bundle.identity)
 
         def encode(x):
@@ -261,11 +299,16 @@ class CLIPDataModule(L.LightningDataModule):
         self.train_eval_set = LabeledFeatures(feats(self.train_split, "train", test_tf).unsqueeze(0), self.train_labels, self.train_clean)
         self.val_set = None if self.val_split is None else LabeledFeatures(feats(self.val_split, "val", test_tf).unsqueeze(0), np.asarray(self.val_split.labels), clean_of(self.val_split))
         self.test_sets = {k: LabeledFeatures(feats(s, k, test_tf).unsqueeze(0), np.asarray(s.labels), clean_of(s)) for k, s in self.test_splits.items()}
+        visual.train(was_training)
+        if self.device != "cpu":
+            visual.to("cpu")  # the shared CLIP goes back where the method expects to find it
         del bundle, visual
 
     def set_epoch(self, epoch: int) -> None:
         if isinstance(self.train_set, LabeledFeatures):
             self.train_set.set_epoch(epoch)
+        if getattr(self, "_train_sampler", None) is not None:
+            self._train_sampler.set_epoch(epoch)
 
     def _loader(self, ds, shuffle: bool, batch_size: int, drop_last: bool = False, exact: bool = False):
         workers = self.num_workers if isinstance(ds, LabeledImages) else 0
@@ -275,7 +318,11 @@ class CLIPDataModule(L.LightningDataModule):
                           num_workers=workers, generator=gen, drop_last=drop_last, persistent_workers=workers > 0)
 
     def train_dataloader(self):
-        return self._loader(self.train_set, True, self.batch_size)
+        # Under DDP Lightning replaces this sampler with a DistributedSampler (itself seeded per epoch).
+        self._train_sampler = EpochShuffleSampler(len(self.train_set), self.seed)
+        workers = self.num_workers if isinstance(self.train_set, LabeledImages) else 0
+        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=self._train_sampler, num_workers=workers,
+                          generator=torch.Generator().manual_seed(self.seed), persistent_workers=workers > 0)
 
     def val_dataloader(self):
         return [] if self.val_set is None else self._loader(self.val_set, False, self.eval_batch_size, exact=True)
@@ -286,10 +333,10 @@ class CLIPDataModule(L.LightningDataModule):
     def train_eval_dataloader(self):
         return self._loader(self.train_eval_set, False, self.eval_batch_size)
 
-    def noise_summary(self) -> dict:
+    def noise_summary(self, include_transition: bool = True) -> dict:
         out = {"protocol": getattr(self.noise, "protocol", "clean"), "rate": getattr(self.noise, "rate", 0.0),
                "name": getattr(self.noise, "name", "clean"), "num_train": int(len(self.train_labels))}
         out["realised_rate"] = float(np.mean(self.train_labels != self.train_clean))
         if self.noise_result is not None:
-            out.update({k: v for k, v in self.noise_result.summary().items() if k != "realised_rate"})
+            out.update({k: v for k, v in self.noise_result.summary(include_transition).items() if k != "realised_rate"})
         return out

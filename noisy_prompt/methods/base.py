@@ -177,8 +177,9 @@ class ClassifierModule(L.LightningModule):
         """Extra files in the run dir, written by rank 0 inside the worker after testing."""
 
     def save_report(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({k: getattr(self, k) for k in self.REPORT_ATTRS}, default=float))
+        from noisy_prompt.cell import write_json
+
+        write_json(path, {k: getattr(self, k) for k in self.REPORT_ATTRS})  # atomic
 
     def load_report(self, path: Path) -> None:
         for key, value in json.loads(Path(path).read_text()).items():

@@ -14,22 +14,30 @@ from typing import Any, Mapping
 
 import torch
 
+from noisy_prompt.cell import CELL_KEYS, CellId, CellKey
 from noisy_prompt.methods.coop import CoOp
 
 log = logging.getLogger(__name__)
 
-SOURCE_KEYS = ("model", "data", "sweep", "noise", "backbone", "seed", "log_dir")
+# model.source names a cell (noisy_prompt.cell) trained in-domain, plus the log dir it lives under.
+SOURCE_FIELDS = tuple(k for k in CELL_KEYS if k != "train_data") + ("seed", "sweep", "log_dir")
 
 
 class SourceCheckpointError(RuntimeError):
     """The source cell's checkpoint is missing or does not hold a prompt context."""
 
 
-def source_run_dir(source: Mapping[str, Any]) -> Path:
-    """The source cell's run dir: the same layout as `run_dir` in conf/run.yaml."""
+def source_cell(source: Mapping[str, Any]) -> CellId:
+    """The source cell: the preset of its keys (no settings), trained where it is evaluated (train_data = data)."""
     s = source
-    return Path(str(s["log_dir"])) / str(s["sweep"]) / str(s["model"]) / str(s["data"]) / str(s["noise"]) \
-        / str(s["backbone"]) / f"seed{int(s['seed'])}"
+    key = CellKey(model=str(s["model"]), data=str(s["data"]), noise=str(s["noise"]), backbone=str(s["backbone"]),
+                  train_data=str(s["data"]))
+    return CellId(key=key, seed=int(s["seed"]), sweep=str(s["sweep"]))
+
+
+def source_run_dir(source: Mapping[str, Any]) -> Path:
+    """The source cell's run dir, by the cell contract's one layout."""
+    return source_cell(source).run_dir(source["log_dir"])
 
 
 def source_checkpoint_path(source: Mapping[str, Any]) -> Path:
@@ -46,9 +54,9 @@ def source_run_command(source: Mapping[str, Any]) -> str:
 
 
 def validate_source(source: Mapping[str, Any]) -> dict[str, Any]:
-    missing = [k for k in SOURCE_KEYS if source.get(k) in (None, "")]
+    missing = [k for k in SOURCE_FIELDS if source.get(k) in (None, "")]
     if missing:
-        raise ValueError(f"model.source lacks {missing}; expected keys {list(SOURCE_KEYS)} (conf/model/crossdata_eval.yaml)")
+        raise ValueError(f"model.source lacks {missing}; expected keys {list(SOURCE_FIELDS)} (conf/model/crossdata_eval.yaml)")
     if source["model"] == "crossdata_eval":
         raise ValueError("model=crossdata_eval needs the source method: set model.name=<ptnl|dpsep|coop|...> "
                          "(it names the row in results.json and, via model.source.model, the checkpoint to load)")

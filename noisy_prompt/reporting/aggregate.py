@@ -1,11 +1,15 @@
 """Collect every run's `results.json` / `failed.json` under a root and lay them out as a paper table.
 
-Runs are identified by the cell keys written inside the files (model, data, noise, backbone,
-train_data, seed), never by directory names, so any directory layout aggregates the same way.
+Runs are identified by the cell written inside the files (model, data, noise, backbone, train_data,
+seed and the settings: non-cell-key overrides such as model.lam=0.2), never by directory names, so
+any directory layout aggregates the same way. Paper tables ignore settings when matching, so runs of
+one cell that differ only in settings show as "ambiguous" there; `--by KEY` lays them out instead:
+one table per hyperparameter (rows: cells, columns: the values of KEY) and a line plot.
 Each printed cell is mean ± sample std (ddof=1) over seeds, with n, the paper's number and
 Δ = ours − paper. Missing cells print "—" (never 0), failed cells print "failed".
 
 CLI: python -m noisy_prompt.aggregate <root> --table dpsep_table1 [--format md|csv|latex] [--out FILE]
+     python -m noisy_prompt.aggregate <root> --by model.lam [--by model.sigma ...] [--metric test/acc] [--plot-dir DIR]
 """
 from __future__ import annotations
 
@@ -20,8 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from noisy_prompt.cell import FAILED as FAILED_FILE
+from noisy_prompt.cell import RESULTS, CellKey, Record, read_record
 from noisy_prompt.reporting.tables import (
-    CELL_KEYS,
     MODEL_ORDER,
     NOISE_ORDER,
     TABLES,
@@ -32,7 +37,7 @@ from noisy_prompt.reporting.tables import (
     load_paper_numbers,
 )
 
-RESULT_FILES = ("results.json", "failed.json")
+RESULT_FILES = (RESULTS, FAILED_FILE)
 DASH = "—"
 
 # Cell statuses (CellResult.status)
@@ -43,37 +48,8 @@ OK, MISSING, FAILED, AMBIGUOUS, NO_METRIC, NOT_RUN = "ok", "missing", "failed", 
 # Loading runs
 
 
-@dataclass(frozen=True)
-class CellKey:
-    model: str
-    data: str
-    noise: str
-    backbone: str | None
-    train_data: str
-
-    def matches(self, filt: Mapping[str, str]) -> bool:
-        if any(getattr(self, k) != v for k, v in filt.items()):
-            return False
-        # In-domain unless the filter asks for a training set: keeps cross-dataset runs out of
-        # tables that evaluate where they train.
-        return "train_data" in filt or self.train_data == self.data
-
-    def sort_key(self) -> tuple[str, ...]:
-        return (self.model, self.data, self.noise, self.backbone or "", self.train_data)
-
-    def label(self) -> str:
-        text = f"{self.model}/{self.data}/{self.noise}/{self.backbone}"
-        return text if self.train_data == self.data else f"{text} (trained on {self.train_data})"
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    path: Path
-    key: CellKey
-    seed: int
-    ok: bool
-    metrics: Mapping[str, Any]
-    error: str | None = None
+# One record per run file, read by the cell contract (noisy_prompt.cell): identity = cell keys + settings.
+RunRecord = Record
 
 
 @dataclass
@@ -91,43 +67,6 @@ def _rel(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
-def _parse_run(path: Path) -> RunRecord:
-    """One results.json/failed.json; ValueError names the file and what is wrong."""
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: cannot read JSON ({err})") from None
-    if not isinstance(payload, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(payload).__name__}")
-    status = payload.get("status", "ok" if path.name == "results.json" else "failed")
-    if status not in ("ok", "failed"):
-        raise ValueError(f"{path}: status {status!r}; expected 'ok' or 'failed'")
-    cell = payload.get("cell")
-    if not isinstance(cell, dict):
-        raise ValueError(f"{path}: missing 'cell' object (expected keys {', '.join(CELL_KEYS)}, seed)")
-    missing = [k for k in ("model", "data", "noise", "seed") if cell.get(k) in (None, "")]
-    if missing:
-        raise ValueError(f"{path}: cell lacks {missing}; got {cell}")
-    try:
-        seed = int(cell["seed"])
-    except (TypeError, ValueError):
-        raise ValueError(f"{path}: cell.seed {cell['seed']!r} is not an integer") from None
-    data = str(cell["data"])
-    key = CellKey(
-        model=str(cell["model"]),
-        data=data,
-        noise=str(cell["noise"]),
-        backbone=None if cell.get("backbone") in (None, "") else str(cell["backbone"]),
-        train_data=str(cell.get("train_data") or data),
-    )
-    metrics = payload.get("metrics") or {}
-    if not isinstance(metrics, dict):
-        raise ValueError(f"{path}: 'metrics' must be an object, got {type(metrics).__name__}")
-    ok = status == "ok"
-    return RunRecord(path=path, key=key, seed=seed, ok=ok, metrics=metrics if ok else {},
-                     error=None if ok else str(payload.get("error", "")))
-
-
 def load_runs(root: str | Path) -> LoadedRuns:
     """Every run under `root`, one record per (cell, seed).
 
@@ -143,7 +82,7 @@ def load_runs(root: str | Path) -> LoadedRuns:
     by_cell: dict[tuple[CellKey, int], dict[bool, list[RunRecord]]] = {}
     for path in paths:
         try:
-            record = _parse_run(path)
+            record = read_record(path)
         except ValueError as err:
             loaded.warnings.append(f"skipped unreadable run file: {err}")
             continue
@@ -445,6 +384,130 @@ def aggregate(root: str | Path, table: str | TableSpec, *, backbone: str | None 
 
 
 # --------------------------------------------------------------------------------------------------
+# Sensitivity: one table per hyperparameter
+
+
+def _config_value(run: RunRecord, key: str) -> str | None:
+    """The value of `key` in a run: its explicit setting, else the resolved config stored in the record
+    (so the preset run joins its sweep at its default value)."""
+    explicit = run.key.setting(key)
+    if explicit is not None:
+        return explicit
+    node: Any = run.config
+    parts = key.split(".")
+    if parts[0] == "trainer" and parts[1:] == ["max_epochs"]:
+        parts = ["max_epochs"]
+    for part in parts:
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    if isinstance(node, (Mapping, list)):
+        return None
+    return json.dumps(node) if not isinstance(node, str) else node
+
+
+def _value_order(values: Iterable[str]) -> list[str]:
+    def key(v: str):
+        try:
+            return (0, float(v), v)
+        except ValueError:
+            return (1, 0.0, v)
+    return sorted(set(values), key=key)
+
+
+@dataclass
+class SensitivityTable:
+    by: str
+    metric: str
+    rows: list[CellKey]  # the cells with the `by` setting removed
+    values: list[str]  # column values of `by`
+    cells: dict[tuple[CellKey, str], CellResult]
+    warnings: list[str] = field(default_factory=list)
+
+    def render(self, fmt: str = "md") -> str:
+        if fmt == "csv":
+            buf = io.StringIO()
+            writer = csv.writer(buf, lineterminator="\n")
+            writer.writerow(["cell", self.by, "mean", "std", "n", "n_failed", "status"])
+            for row in self.rows:
+                for v in self.values:
+                    c = self.cells[(row, v)]
+                    writer.writerow([row.label(), v, _num(c.mean), _num(c.std), c.n, c.n_failed, c.status])
+            return buf.getvalue()
+        head = ["cell", *(f"{self.by}={v}" for v in self.values)]
+        lines = [f"### sensitivity to {self.by}: {self.metric}", "", "| " + " | ".join(head) + " |",
+                 "|---|" + "|".join([":---:"] * len(self.values)) + "|"]
+        for row in self.rows:
+            lines.append("| " + " | ".join([row.label(), *(format_cell(self.cells[(row, v)]) for v in self.values)]) + " |")
+        lines += ["", f"Cells: mean ± sample std (ddof=1) over n seeds of {self.metric}; — = not run."]
+        return "\n".join(lines) + "\n"
+
+    def plot(self, path: Path) -> Path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        numeric = all(_is_number(v) for v in self.values)
+        xs = [float(v) for v in self.values] if numeric else list(range(len(self.values)))
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for row in self.rows:
+            pts = [(x, self.cells[(row, v)]) for x, v in zip(xs, self.values) if self.cells[(row, v)].mean is not None]
+            if not pts:
+                continue
+            ax.errorbar([x for x, _ in pts], [c.mean for _, c in pts], yerr=[c.std or 0.0 for _, c in pts],
+                        marker="o", capsize=3, label=row.label())
+        if not numeric:
+            ax.set_xticks(xs, self.values)
+        ax.set_xlabel(self.by)
+        ax.set_ylabel(self.metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return path
+
+
+def _is_number(v: str) -> bool:
+    try:
+        float(v)
+    except ValueError:
+        return False
+    return True
+
+
+def sensitivity(loaded: LoadedRuns, by: str, metric: str = "test/acc") -> SensitivityTable:
+    """Runs grouped by their cell without `by` (rows) and the value of `by` (columns)."""
+    groups: dict[tuple[CellKey, str], list[RunRecord]] = {}
+    for run in loaded.runs:
+        value = _config_value(run, by)
+        if value is None:
+            continue
+        groups.setdefault((run.key.without(by), value), []).append(run)
+    rows = sorted({r for r, _ in groups}, key=CellKey.sort_key)
+    values = _value_order(v for _, v in groups)
+    table = SensitivityTable(by=by, metric=metric, rows=rows, values=values, cells={},
+                             warnings=list(loaded.warnings))
+    for row in rows:
+        for v in values:
+            runs = groups.get((row, v), [])
+            # one group = one cell; the key differs only by the `by` setting (explicit vs preset default)
+            table.cells[(row, v)] = _aggregate_cell([_with_key(r, row) for r in runs], metric, None)
+    if not rows:
+        table.warnings.append(f"no run under {loaded.root} has a value for {by!r}")
+    return table
+
+
+def _with_key(run: RunRecord, key: CellKey) -> RunRecord:
+    from dataclasses import replace
+
+    return replace(run, cell=replace(run.cell, key=key))
+
+
+# --------------------------------------------------------------------------------------------------
 # CLI
 
 
@@ -460,7 +523,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backbone", default=None, help="use only runs with this backbone (where the table does not fix one)")
     parser.add_argument("--strict", action="store_true", help="exit with status 1 when there are warnings")
     parser.add_argument("--list", action="store_true", help="list the known tables and exit")
+    parser.add_argument("--by", action="append", default=[], metavar="KEY",
+                        help="sensitivity: one table (and line plot) per hyperparameter KEY, e.g. model.lam (repeatable)")
+    parser.add_argument("--metric", default="test/acc", help="metric of the --by tables (default test/acc)")
+    parser.add_argument("--plot-dir", type=Path, default=None,
+                        help="where the --by line plots go (default: the results root)")
     return parser
+
+
+def _main_by(args) -> int:
+    try:
+        loaded = load_runs(args.root)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    tables = [sensitivity(loaded, key, args.metric) for key in args.by]
+    text = "\n".join(t.render("csv" if args.format == "csv" else "md") for t in tables)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    for t in tables:
+        if t.rows:
+            path = t.plot((args.plot_dir or args.root) / f"sensitivity_{t.by.replace('/', '_')}.png")
+            print(f"plot: {path}", file=sys.stderr)
+    warnings = list(dict.fromkeys(w for t in tables for w in t.warnings))
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 1 if (args.strict and warnings) else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -470,8 +561,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, spec in TABLES.items():
             print(f"{name}\t{spec.title}")
         return 0
+    if args.root is not None and args.by and args.table is None:
+        return _main_by(args)
     if args.root is None or args.table is None:
-        parser.error("a results root and --table are required (or --list)")
+        parser.error("a results root and --table (or --by KEY) are required (or --list)")
     if args.table != "all" and args.table not in TABLES:
         parser.error(f"unknown table {args.table!r}; known: {', '.join(TABLES)}, all")
     if args.table == "all" and args.format == "csv":

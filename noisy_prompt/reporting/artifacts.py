@@ -3,7 +3,6 @@ same figures on W&B when a W&B logger is active."""
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from pathlib import Path
 
@@ -21,7 +20,8 @@ def _test_embedding(module, dm, max_points: int = 2000) -> tuple[np.ndarray, np.
     return torch.nn.functional.normalize(feats.float(), dim=-1).numpy(), ds.labels[:max_points].numpy()
 
 
-def save_run_artifacts(cfg, module, dm, run_dir: Path, loggers: list) -> dict[str, Path]:
+def save_run_artifacts(cfg, module, dm, run_dir: Path, loggers: list, noise: dict | None = None) -> dict[str, Path]:
+    from noisy_prompt.cell import write_json
     from noisy_prompt.reporting import figures
 
     run_dir = Path(run_dir)
@@ -33,8 +33,8 @@ def save_run_artifacts(cfg, module, dm, run_dir: Path, loggers: list) -> dict[st
             w.writerow(["class_index", "class_name", "accuracy"])
             for i, (n, a) in enumerate(zip(names, report["per_class"])):
                 w.writerow([i, n, f"{a:.4f}"])
-    noise = dm.noise_summary()
-    (run_dir / "noise.json").write_text(json.dumps(noise, default=float))
+    noise = dm.noise_summary() if noise is None else noise
+    write_json(run_dir / "noise.json", noise)  # the full summary, with the C x C transition matrix
     if not cfg.get("figures", True):
         return saved
     fig_dir = run_dir / "figures"

@@ -1,16 +1,11 @@
-"""results.json / failed.json: the one record every run leaves, read back by `aggregate`."""
+"""Provenance for results.json (package versions, git revision). The record itself: noisy_prompt.cell."""
 from __future__ import annotations
 
-import json
-import os
 import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
-RESULTS = "results.json"
-FAILED = "failed.json"
 PACKAGES = ("torch", "torchvision", "lightning", "open_clip_torch", "hydra-core", "torchmetrics", "numpy", "noisy_prompt")
 
 
@@ -35,14 +30,3 @@ def git_revision() -> str:
     if rev.returncode != 0:
         return "unknown"
     return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, default=float))
-    os.replace(tmp, path)  # a half-written results.json would make a crashed cell look finished
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())

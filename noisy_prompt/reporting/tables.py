@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Mapping
 
-# Keys a filter may constrain; they are the fields of `results.json["cell"]` that identify a cell.
-CELL_KEYS: tuple[str, ...] = ("model", "data", "noise", "backbone", "train_data")
+# Keys a filter may constrain: the cell keys of the cell contract (`results.json["cell"]`).
+from noisy_prompt.cell import CELL_KEYS  # noqa: E402  (re-exported for table specs)
 
 # Orders used when a table discovers its rows/columns from the results (synthetic_mini).
 MODEL_ORDER: tuple[str, ...] = (

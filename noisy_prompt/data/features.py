@@ -2,7 +2,10 @@
 
 With a frozen encoder, one augmented view per image per epoch is exactly as good as augmenting on the
 fly, and the same views can serve every seed, noise setting and method of a sweep. The cache is keyed
-per image (its stable key), so a new few-shot draw only computes the images it has not seen.
+per image by its identity (`ImageSplit.identity`: the stable key plus, for a file, its resolved path,
+size and modification time), so a new few-shot draw only computes the images it has not seen, and a
+file that changed in place, went missing or lives under another data root is never served from an
+entry made for another file (a missing file raises ImageReadError naming dataset, split and path).
 Augmentation draws are seeded per (aug_seed, view, image key), independent of which other images are
 requested, of batch order and of worker count.
 """
@@ -75,11 +78,13 @@ class FeatureCache:
     ) -> torch.Tensor:
         """Features (len(split), D) in float32, row i for split item i."""
         path = self._path(dataset, split_name, transform_id, view, aug_seed)
+        # Identities first: a missing file fails here, before any cached entry could stand in for it.
+        ids = [split.identity(i) for i in range(len(split))]
         stored: dict[str, torch.Tensor] = {}
         if path is not None and path.is_file():
             blob = torch.load(path, map_location="cpu", weights_only=True)
             stored = dict(zip(blob["keys"], blob["feats"]))
-        missing = [i for i, k in enumerate(split.keys) if k not in stored]
+        missing = [i for i, k in enumerate(ids) if k not in stored]
         if missing:
             ds = _ViewDataset(split, missing, transform, view, aug_seed)
             # own generator: iterating a DataLoader otherwise draws a worker seed from the global RNG
@@ -92,11 +97,11 @@ class FeatureCache:
                     out.append(encode(x.to(device)).float().cpu())
             new = torch.cat(out)
             for i, f in zip(missing, new):
-                stored[split.keys[i]] = f.half() if path is not None else f
+                stored[ids[i]] = f.half() if path is not None else f
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(f".tmp{os.getpid()}")
                 keys = list(stored)
                 torch.save({"keys": keys, "feats": torch.stack([stored[k] for k in keys]).half()}, tmp)
                 os.replace(tmp, path)  # atomic: concurrent ranks/jobs never see a half-written file
-        return torch.stack([stored[k] for k in split.keys]).float()
+        return torch.stack([stored[k] for k in ids]).float()

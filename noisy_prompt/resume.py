@@ -1,0 +1,49 @@
+"""Random-number state in every checkpoint, so a resumed run continues exactly as an uninterrupted one.
+
+Lightning's checkpoint holds the trainable state, optimiser, scheduler and loop counters, and the
+methods add their own generators (DP-SEP's derangement, TANGO's mixup); the global torch / NumPy /
+Python generators (e.g. augmentation drawn in the main process, losses that draw fresh noise from the
+global stream) are not saved by Lightning. This callback stores them with each checkpoint and puts
+them back when a run resumes from one. The training order is a function of (seed, epoch) already
+(`EpochShuffleSampler`), so nothing else depends on how many epochs ran in this process.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+
+class RNGStateCheckpoint(L.Callback):
+    @property
+    def state_key(self) -> str:
+        return "RNGStateCheckpoint"
+
+    def state_dict(self) -> dict[str, Any]:
+        # Plain tensors, lists and numbers only: checkpoints are read with torch.load(weights_only=True).
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        version, internal, gauss_next = random.getstate()
+        state: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "gauss": float(gauss)},
+            "python": {"version": int(version), "internal": list(internal), "gauss_next": gauss_next},
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "torch" in state_dict:
+            torch.set_rng_state(torch.as_tensor(state_dict["torch"], dtype=torch.uint8))
+        if "numpy" in state_dict:
+            n = state_dict["numpy"]
+            np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+        if "python" in state_dict:
+            py = state_dict["python"]
+            random.setstate((py["version"], tuple(py["internal"]), py["gauss_next"]))
+        if "cuda" in state_dict and torch.cuda.is_available() and len(state_dict["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
