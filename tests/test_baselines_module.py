@@ -342,3 +342,41 @@ def test_preset_composes_with_tangos_recipe(preset, backbone, dm):
     module = get_class(target)(**kwargs, backbone=backbone, classnames=list(dm.classnames),
                                templates=["a photo of a {}."], test_sets=["test"], seed=1)
     assert isinstance(module, CLASSES[preset]) and module.max_epochs == 2
+
+
+def test_ssr_k_auto_scales_with_the_served_images_per_class(backbone, dm):
+    m = _module("ssr", backbone, dm, k="auto")
+    m.score_training_set(dm)
+    n, c = len(dm.train_labels), m.num_classes
+    assert m.knn_k == max(1, round(0.4 * n / c))
+    with pytest.raises(ValueError, match="model.k must be a positive integer or 'auto'"):
+        _module("ssr", backbone, dm, k="many")
+
+
+def test_dividemix_warm_up_step_and_penalty_switch(backbone, dm):
+    m = _module("dividemix", backbone, dm)
+    assert m.warmup_epochs == 1 and m.current_epoch == 0
+    m.log = m.log_dict = lambda *a, **kw: None
+
+    class _Noise:
+        protocol = "asym"
+
+    class _Trainer:
+        datamodule = type("D", (), {"noise": _Noise()})()
+
+    m._penalty_on = None
+    m._trainer = _Trainer()
+    try:
+        assert m.penalty_on()
+    finally:
+        m._trainer = None
+    assert _module("dividemix", backbone, dm, confidence_penalty="off").penalty_on() is False
+    # One warm-up step (CE on all samples) moves both networks, each with its own optimiser.
+    opts = [torch.optim.SGD([*m.clip.visual.parameters(), *m.head.parameters()], lr=0.1),
+            torch.optim.SGD([*m.visual_b.parameters(), *m.head_b.parameters()], lr=0.1)]
+    m.optimizers = lambda: opts
+    m.manual_backward = lambda loss: loss.backward()
+    before_a, before_b = m.head.weight.detach().clone(), m.head_b.weight.detach().clone()
+    batch = {"x": torch.randn(4, 3, 32, 32), "label": torch.tensor([0, 1, 2, 3]), "index": torch.arange(4)}
+    m.training_step(batch, 0)
+    assert not torch.equal(m.head.weight, before_a) and not torch.equal(m.head_b.weight, before_b)

@@ -49,7 +49,8 @@ class SSR(BaselineModule):
         if float(mixup_alpha) < 0 or float(lambda_fc) < 0:
             raise ValueError(f"model.mixup_alpha and model.lambda_fc must be >= 0, got {mixup_alpha} and {lambda_fc}")
         super().__init__(**kwargs)
-        self.knn_k_cfg, self.theta_r, self.theta_s = int(k), float(theta_r), float(theta_s)
+        self.knn_k_cfg = k if isinstance(k, str) else int(k)
+        self.theta_r, self.theta_s = float(theta_r), float(theta_s)
         self.vote_weighting, self.exclude_self, self.prior_normalise = vote_weighting, bool(exclude_self), bool(prior_normalise)
         self.lambda_fc, self.mixup_alpha, self.balance = float(lambda_fc), float(mixup_alpha), balance
         self.head = self.make_head()
