@@ -388,11 +388,14 @@ def test_verify_reports_missing_layout_and_images(tmp_path):
 def test_verify_uses_env_data_root_and_all(tmp_path, monkeypatch):
     root = ft.write_webvision(ft.write_animal10n(tmp_path))
     monkeypatch.setenv("NOISY_PROMPT_DATA", str(root))
+    rc, text = run_verify("verify", "data=animal10n")
+    assert rc == 0 and "val: none" in text, text
+    # the fake WebVision tree lists images for 3 of its 50 classes: a run would score 47 empty classes
     rc, text = run_verify("verify", "data=webvision")
-    assert rc == 0 and "test[ilsvrc12]: 50 images, 50 classes" in text and "val: none" in text
+    assert rc == 1 and "split 'train': 47 of 50 classes have no images: 2 (great white shark)" in text
     rc, text = run_verify("verify", "--all")
     assert rc == 1
-    assert "ok      animal10n" in text and "ok      webvision" in text and "MISSING imagenet" in text
+    assert "ok      animal10n" in text and "MISSING webvision" in text and "MISSING imagenet" in text
     assert str(root / "imagenet" / "classnames.txt") in text
 
 
@@ -418,9 +421,23 @@ def test_verify_as_module_writes_nothing_into_cwd(tmp_path):
     assert list(cwd.iterdir()) == []
 
 
+def _fill_webvision_classes(root: Path) -> None:
+    """The fake WebVision tree lists 3 of its 50 classes; give every class one train and one val image."""
+    ds = root / "webvision"
+    for listing, sub in (("train_filelist_google.txt", "google/fill"), ("val_filelist.txt", "val_images_256")):
+        lines = []
+        for y in range(50):
+            rel = f"{sub}/fill{y:02d}.jpg"
+            ft.write_image(ds / rel, (y * 5, 100, 7))
+            lines.append(f"{rel if sub.startswith('google') else Path(rel).name} {y}")
+        with open(ds / "info" / listing, "a", encoding="utf-8") as fh:
+            fh.write("\n".join(lines) + "\n")
+
+
 def test_verify_all_on_every_fake_tree(tmp_path):
     for write in ft.WRITERS.values():
         write(tmp_path)
+    _fill_webvision_classes(tmp_path)
     rc, text = run_verify("verify", "--all", f"paths.data_dir={tmp_path}")
     assert rc == 0, text
     assert text.count("[ok] ") == len(DATASETS)

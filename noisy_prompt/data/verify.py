@@ -1,11 +1,13 @@
-"""`python -m noisy_prompt.data verify data=<name> [paths.data_dir=<root>] [check_images=false]`
-and `python -m noisy_prompt.data verify --all [paths.data_dir=<root>]`.
+"""`python -m noisy_prompt.data verify data=<name> [paths.data_dir=<root>] [--quick] [check_images=false]`
+and `python -m noisy_prompt.data verify --all [paths.data_dir=<root>] [--quick]`.
 
 Runs a dataset's reader on the data root and prints, per split, its number of images and classes
-(exit 0), or every missing path, the expected layout and where the data comes from (exit 1). With
-check_images (the default) it also checks that every image file the reader lists exists, which the
-readers themselves skip for speed. Data root: `paths.data_dir`, else $NOISY_PROMPT_DATA, else ./data.
-Reads only; never writes.
+(exit 0), or every problem found (exit 1): missing paths with the expected layout and where the data
+comes from, classes without images, and image files that are missing, empty or do not open. By
+default every image the reader lists is opened and decoded (the same code path as a run: a truncated
+JPEG fails here as it would in training), with a progress bar; `--quick` only checks that each file
+exists and is not empty; `check_images=false` skips the images. Data root: `paths.data_dir`, else
+$NOISY_PROMPT_DATA, else ./data. Reads only; never writes.
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ import sys
 from pathlib import Path
 from typing import Sequence, TextIO
 
-from noisy_prompt.data.base import DatasetLayoutError, DatasetSplits, ImageSplit
+from noisy_prompt.data.base import (DatasetLayoutError, DatasetSplits, EmptyClassError, ImageReadError, ImageSplit,
+                                    is_file_item)
 from noisy_prompt.data.readers import READERS as REGISTRY
 from noisy_prompt.data.readers import coop, default_data_root, fulldata, get_reader
 
@@ -35,8 +38,9 @@ LAYOUTS: dict[str, tuple[str, str]] = {
 # the datasets `verify` knows: the project's reader table, minus those that need no download
 DATASETS: list[str] = [n for n in REGISTRY if n in LAYOUTS]
 
-USAGE = """usage: python -m noisy_prompt.data verify data=<name> [paths.data_dir=<root>] [check_images=true|false]
-       python -m noisy_prompt.data verify --all [paths.data_dir=<root>] [check_images=true|false]
+USAGE = """usage: python -m noisy_prompt.data verify data=<name> [paths.data_dir=<root>] [--quick] [check_images=true|false]
+       python -m noisy_prompt.data verify --all [paths.data_dir=<root>] [--quick] [check_images=true|false]
+  (default: open every listed image; --quick: only check each file exists and is not empty)
 datasets: """ + ", ".join(DATASETS)
 
 MAX_LISTED = 20  # missing images printed per dataset; the count is always complete
@@ -46,6 +50,42 @@ def named_splits(splits: DatasetSplits, *, keep_none: bool = False) -> list[tupl
     parts = [("train", splits.train), ("val", splits.val), ("test", splits.test)]
     parts += [(f"test[{k}]", v) for k, v in splits.extra_tests.items()]
     return [(n, s) for n, s in parts if keep_none or s is not None]
+
+
+def broken_images(splits: DatasetSplits, *, quick: bool = False, progress: bool = True) -> list[str]:
+    """One line per listed image file that is missing, empty, or (unless quick) does not decode."""
+    from tqdm.auto import tqdm
+
+    problems: list[str] = []
+    seen: set[str] = set()
+    todo = [(split, i) for _, split in named_splits(splits) for i, item in enumerate(split.items)
+            if is_file_item(item) and not (str(item) in seen or seen.add(str(item)))]
+    for split, i in tqdm(todo, desc=f"verify {splits.name}: {'sizes' if quick else 'opening images'}",
+                         disable=not progress or len(todo) < 50, leave=False):
+        item = split.items[i]
+        try:
+            size = os.path.getsize(item)
+        except OSError:
+            problems.append(f"missing: {item}")
+            continue
+        if size == 0:
+            problems.append(f"empty file: {item}")
+        elif not quick:
+            try:
+                split.load(i)
+            except ImageReadError as err:
+                problems.append(f"unreadable ({str(err).splitlines()[0].split(': ', 2)[-1]})")
+    return problems
+
+
+def empty_classes(splits: DatasetSplits) -> list[str]:
+    out = []
+    for part, split in (("train", splits.train), ("test", splits.test)):
+        try:
+            split.check_classes()
+        except EmptyClassError as err:
+            out.append(str(err).splitlines()[0])
+    return out
 
 
 def missing_images(splits: DatasetSplits) -> list[str]:
@@ -61,15 +101,20 @@ def missing_images(splits: DatasetSplits) -> list[str]:
     return missing
 
 
-def verify(name: str, data_root: Path, *, check_images: bool = True, out: TextIO = sys.stdout) -> bool:
+def verify(name: str, data_root: Path, *, check_images: bool = True, quick: bool = False,
+           out: TextIO = sys.stdout) -> bool:
     """Check one dataset and report to `out`; True if it is complete."""
     try:
-        splits = get_reader(name)(data_root)
+        splits = get_reader(name)(data_root).named(name)
     except DatasetLayoutError as e:
         print(f"[FAIL] {name}: {e}", file=out)
         return False
     except Exception as e:  # a malformed index file, an unreadable pickle: report it, check the rest
         print(f"[FAIL] {name}: {type(e).__name__}: {e}", file=out)
+        return False
+    empty = empty_classes(splits)
+    if empty:
+        print(f"[FAIL] {name}: " + "\n  ".join(empty), file=out)
         return False
     if check_images:
         missing = missing_images(splits)
@@ -78,6 +123,13 @@ def verify(name: str, data_root: Path, *, check_images: bool = True, out: TextIO
             error = DatasetLayoutError(name, data_root, missing[:MAX_LISTED], layout, source)
             more = f" ({len(missing)} image files missing, first {MAX_LISTED} listed)" if len(missing) > MAX_LISTED else ""
             print(f"[FAIL] {name}{more}: {error}", file=out)
+            return False
+        broken = broken_images(splits, quick=quick, progress=out is sys.stdout)
+        if broken:
+            more = f", first {MAX_LISTED} listed" if len(broken) > MAX_LISTED else ""
+            print(f"[FAIL] {name}: {len(broken)} image file(s) are empty or do not open{more}:", file=out)
+            for line in broken[:MAX_LISTED]:
+                print(f"  - {line}", file=out)
             return False
     print(f"[ok] {name} under {data_root}: {len(splits.classnames)} classes", file=out)
     for part, split in named_splits(splits, keep_none=True):
@@ -114,7 +166,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     except ValueError as e:
         print(f"{e}\n{USAGE}", file=out)
         return 2
-    unknown = (set(options) - {"data", "paths.data_dir", "data_dir", "check_images"}) | (flags - {"all", "help"})
+    unknown = (set(options) - {"data", "paths.data_dir", "data_dir", "check_images"}) | (flags - {"all", "help", "quick"})
     if command != "verify" or unknown:
         what = f"unknown command {command!r}" if command != "verify" else f"unknown option(s) {sorted(unknown)}"
         print(f"{what}\n{USAGE}", file=out)
@@ -137,7 +189,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
         print(f"give data=<name> or --all\n{USAGE}", file=out)
         return 2
 
-    ok = {n: verify(n, data_root, check_images=check_images, out=out) for n in names}
+    ok = {n: verify(n, data_root, check_images=check_images, quick="quick" in flags, out=out) for n in names}
     if len(names) > 1:
         print(f"\nsummary for {data_root}:", file=out)
         for n, good in ok.items():
