@@ -146,3 +146,19 @@ def test_prefix_transformer_rejects_batched_prefix(synthetic_clip):
     width = synthetic_clip[0].token_embedding.weight.shape[1]
     with pytest.raises(ValueError, match="single shared sequence"):
         prefix_shared_transformer(blocks, torch.zeros(2, 3, width), torch.zeros(2, 2, width))
+
+
+def test_packed_suffixes_equal_separate_runs(synthetic_clip):
+    """Classes of different suffix lengths in one packed call give what each gives alone, unpadded."""
+    model, _ = synthetic_clip
+    blocks, width = model.transformer.resblocks, model.token_embedding.weight.shape[1]
+    gen = torch.Generator().manual_seed(5)
+    prefix, suffix = torch.randn(1, 3, width, generator=gen), torch.randn(3, 4, width, generator=gen)
+    lengths = torch.tensor([4, 1, 2])
+    with torch.no_grad():
+        packed = prefix_shared_transformer(blocks, prefix, suffix, lengths)
+        for c, n in enumerate(lengths.tolist()):
+            alone = prefix_shared_transformer(blocks, prefix, suffix[c:c + 1, :n])
+            assert _close(packed[c], alone[0])[0]
+    with pytest.raises(ValueError, match="suffix lengths must be in 1..4"):
+        prefix_shared_transformer(blocks, prefix, suffix, torch.tensor([0, 1, 2]))

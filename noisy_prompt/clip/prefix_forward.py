@@ -74,25 +74,42 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.permute(1, 2, 0, 3).reshape(n, length, h * hd)
 
 
-def prefix_shared_transformer(blocks, prefix: torch.Tensor, suffix: torch.Tensor) -> torch.Tensor:
-    """Runs the causal transformer `blocks` over the sequences `cat(prefix, suffix[c])` for every c and
-    returns the suffix hidden states (C, Ls, D).
+def prefix_shared_transformer(blocks, prefix: torch.Tensor, suffix: torch.Tensor,
+                              lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """Runs the causal transformer `blocks` over the sequences `cat(prefix, suffix[c, :lengths[c]])` for
+    every c and returns the hidden state of each sequence's last token, (C, D).
 
     prefix: (1, Lp, D), shared by all sequences (embeddings + positions 0..Lp-1).
-    suffix: (C, Ls, D), per-sequence continuation (embeddings + positions Lp..Lp+Ls-1).
+    suffix: (C, Ls, D), per-sequence continuation (embeddings + positions Lp..Lp+Ls-1), right-padded.
+    lengths: (C,) valid suffix tokens per sequence (default: all Ls). The token-wise parts of each block
+      (layer norms, q/k/v and output projections, MLP: nearly all the FLOPs) run on the valid tokens
+      only, packed; attention runs in the padded layout, where a padding slot comes after every valid
+      token of its row and so is never attended to under the causal mask.
     """
     if prefix.shape[0] != 1:
         raise ValueError(f"prefix must be a single shared sequence (1, Lp, D), got {tuple(prefix.shape)}")
-    p, s = prefix, suffix
-    n_cls, ls, _ = s.shape
-    lp = p.shape[1]
-    masked = torch.ones(ls, ls, dtype=torch.bool, device=s.device).triu(1)  # suffix-internal causal part
+    n_cls, ls, width = suffix.shape
+    lp = prefix.shape[1]
+    if lengths is None:
+        lengths = torch.full((n_cls,), ls, dtype=torch.long, device=suffix.device)
+    lengths = lengths.to(suffix.device)
+    if int(lengths.min()) < 1 or int(lengths.max()) > ls:
+        raise ValueError(f"suffix lengths must be in 1..{ls}, got {lengths.tolist()}")
+    valid = torch.arange(ls, device=suffix.device)[None, :] < lengths[:, None]
+    rows = valid.flatten().nonzero().squeeze(1)  # packed token -> padded slot, in (class, position) order
+    last = lengths.cumsum(0) - 1  # packed index of each sequence's last token
+    masked = torch.ones(ls, ls, dtype=torch.bool, device=suffix.device).triu(1)  # suffix-internal causal part
+
+    def padded(t: torch.Tensor) -> torch.Tensor:  # packed (T, F) -> (C, Ls, F), zeros in padding slots
+        return t.new_zeros(n_cls * ls, t.shape[-1]).index_copy(0, rows, t).view(n_cls, ls, t.shape[-1])
+
+    p, s = prefix, suffix.reshape(n_cls * ls, width)[rows]
     blocks = list(blocks)
     for i, blk in enumerate(blocks):
         attn = blk.attn
         heads = attn.num_heads
         qp, kp, vp = _split_heads(F.linear(blk.ln_1(p), attn.in_proj_weight, attn.in_proj_bias), heads)
-        qs, ks, vs = _split_heads(F.linear(blk.ln_1(s), attn.in_proj_weight, attn.in_proj_bias), heads)
+        qs, ks, vs = _split_heads(padded(F.linear(blk.ln_1(s), attn.in_proj_weight, attn.in_proj_bias)), heads)
         hd = qp.shape[-1]
         scale = hd ** -0.5
         # Prefix: ordinary causal self-attention among its own Lp positions (once, not C times).
@@ -105,10 +122,10 @@ def prefix_shared_transformer(blocks, prefix: torch.Tensor, suffix: torch.Tensor
         s_suf = s_suf.masked_fill(masked, float("-inf"))
         w = torch.softmax(torch.cat([s_pre, s_suf], dim=-1), dim=-1)
         a_pre = torch.matmul(w[..., :lp].reshape(heads, n_cls * ls, lp), vp[:, 0]).view(heads, n_cls, ls, hd)
-        a_s = a_pre + torch.matmul(w[..., lp:], vs)
-        s = s + blk.ls_1(attn.out_proj(_merge_heads(a_s)))
+        a_s = (a_pre + torch.matmul(w[..., lp:], vs)).permute(1, 2, 0, 3).reshape(n_cls * ls, width)[rows]
+        s = s + blk.ls_1(attn.out_proj(a_s))
         s = s + blk.ls_2(blk.mlp(blk.ln_2(s)))
         if i + 1 < len(blocks):  # the last block's prefix output is never read
             p = p + blk.ls_1(attn.out_proj(_merge_heads(ap)))
             p = p + blk.ls_2(blk.mlp(blk.ln_2(p)))
-    return s
+    return s[last]

@@ -75,7 +75,7 @@ class PromptTextEncoder(nn.Module):
       batch. Under a causal mask, later tokens cannot influence the pooled token, so this is exact;
     - `prefix`: additionally, [SOS]+context is run once per call (it is the same for every class under
       the causal mask) and only the class-name suffixes are batched over classes, attending to the
-      cached prefix keys/values (`prefix_forward.py`).
+      cached prefix keys/values, each class up to its own EOT (`prefix_forward.py`).
     `auto` picks `prefix` where it is exact (causal mask, EOT pooling, plain open_clip blocks), else
     `cut` where that is exact, else `full` (e.g. SigLIP's bidirectional tower). `cut_to_eot=False` is
     the older spelling of `path="full"` and is honoured when `path="auto"`.
@@ -169,6 +169,6 @@ class PromptTextEncoder(nn.Module):
         length = int(pool.max()) + 1
         head = torch.cat([self.prefix[:1], ctx.unsqueeze(0).to(self.prefix.dtype)], dim=1) + pos[:lp].to(self.prefix.dtype)
         tail = suffix[:, :length - lp] + pos[lp:length].to(suffix.dtype)
-        x = prefix_shared_transformer(self.tower.transformer.resblocks, head, tail)
-        x = x[torch.arange(x.shape[0], device=x.device), pool - lp]
+        # Each class runs only up to its own EOT (pool - lp + 1 suffix tokens), not the longest one's.
+        x = prefix_shared_transformer(self.tower.transformer.resblocks, head, tail, lengths=pool - lp + 1)
         return self.tower.project(self.tower.ln_final(x))
