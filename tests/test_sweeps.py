@@ -37,14 +37,21 @@ PAPER_TABLES = ("dpsep_table1", "dpsep_table2", "dpsep_table3", "dpsep_table4",
 EXPECTED_CELLS = {"dpsep_table1": 378, "dpsep_table2": 12, "dpsep_table3": 216, "dpsep_table4": 75,
                   "tango_table1": 12, "tango_table2": 12, "tango_table3": 72, "tango_table4": 9,
                   "synthetic_mini": 6, "synthetic_dpsep": 84, "synthetic_tango": 60,
-                  "dpsep_sensitivity": 84, "tango_sensitivity": 39}
+                  "dpsep_sensitivity": 84, "tango_sensitivity": 39,
+                  # readings sweeps (issue 13; their table layouts are checked in tests/test_readings.py)
+                  "synthetic_readings_dpsep": 108, "synthetic_readings_tango": 90, "dpsep_readings": 162,
+                  "tango_readings": 54}
+READINGS_TABLES = {"synthetic_readings_dpsep", "synthetic_readings_tango", "synthetic_readings_tango_paper_recipe",
+                   "dpsep_readings", "tango_readings"}
 # Sweeps aggregated with `aggregate --by KEY` (one table per hyperparameter), not as a paper TableSpec.
 SENSITIVITY = {"dpsep_sensitivity", "tango_sensitivity"}
 EXPECTED_BACKBONES = {"dpsep_table1": {"vit_b32"}, "dpsep_table2": {"vit_b32"}, "dpsep_table3": {"vit_b32"},
                       "dpsep_table4": {"vit_b32"}, "tango_table1": {"vit_b16"}, "tango_table2": {"vit_b16"},
                       "tango_table3": {"vit_b16"}, "tango_table4": {"vit_b16", "vit_b32", "siglip"},
                       "synthetic_mini": {"synthetic"}, "synthetic_dpsep": {"synthetic"}, "synthetic_tango": {"synthetic"},
-                      "dpsep_sensitivity": {"vit_b32"}, "tango_sensitivity": {"vit_b16"}}
+                      "dpsep_sensitivity": {"vit_b32"}, "tango_sensitivity": {"vit_b16"},
+                      "synthetic_readings_dpsep": {"synthetic"}, "synthetic_readings_tango": {"synthetic"},
+                      "dpsep_readings": {"vit_b32"}, "tango_readings": {"vit_b16"}}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -137,7 +144,7 @@ def table_logs(tmp_path_factory):
 def test_every_sweep_file_is_listed_and_every_table_has_a_sweep():
     names = {p.stem for p in SWEEP_FILES}
     assert names == set(EXPECTED_CELLS)
-    assert set(PAPER_TABLES) | {"synthetic_mini", "synthetic_dpsep", "synthetic_tango"} == set(TABLES)
+    assert set(PAPER_TABLES) | {"synthetic_mini", "synthetic_dpsep", "synthetic_tango"} | READINGS_TABLES == set(TABLES)
 
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.stem)
