@@ -2,17 +2,21 @@
 from .anchors import DEFAULT_ALIASES, load_cupl, match_descriptions, template_sentences
 from .neighbours import blocked_topk, iter_topk_blocks
 from .purification import (
+    KNN_VOTES,
     PurificationResult,
     knn_label_vote,
     purify,
     purify_dense,
+    resolve_k,
     semantic_to_vision,
     vision_to_semantic,
 )
-from .tac import class_anchor_table, tac_log_probs
+from .tac import TAC_FORMS, class_anchor_table, tac_log_probs, tac_temperature
 
 __all__ = [
     "DEFAULT_ALIASES",
+    "KNN_VOTES",
+    "TAC_FORMS",
     "PurificationResult",
     "blocked_topk",
     "class_anchor_table",
@@ -22,8 +26,10 @@ __all__ = [
     "match_descriptions",
     "purify",
     "purify_dense",
+    "resolve_k",
     "semantic_to_vision",
     "tac_log_probs",
+    "tac_temperature",
     "template_sentences",
     "vision_to_semantic",
 ]
