@@ -380,3 +380,14 @@ def test_dividemix_warm_up_step_and_penalty_switch(backbone, dm):
     batch = {"x": torch.randn(4, 3, 32, 32), "label": torch.tensor([0, 1, 2, 3]), "index": torch.arange(4)}
     m.training_step(batch, 0)
     assert not torch.equal(m.head.weight, before_a) and not torch.equal(m.head_b.weight, before_b)
+
+
+def test_lsl_k_st_auto(backbone, dm):
+    from noisy_prompt.methods.baselines.ssr import resolve_k_st
+
+    assert resolve_k_st("auto", 50000, 100) == 20 and resolve_k_st("auto", 10, 100) == 1 and resolve_k_st(7, 1, 1) == 7
+    with pytest.raises(ValueError, match="model.k_st must be a positive integer or 'auto'"):
+        resolve_k_st("some", 1, 1)
+    m = _module("lsl", backbone, dm, k_st="auto")
+    m.score_training_set(dm)
+    assert m.k_st == max(1, round(0.04 * len(dm.train_labels) / m.num_classes))

@@ -145,21 +145,40 @@ class SSR(BaselineModule):
         return loss
 
 
+# k_st: auto = round(0.04 x images per class): LSL's k_st = 20 at CIFAR-100's 500 images per class, scaled
+# like TANGO's k: auto (tango.md 4b) for data sets whose classes hold fewer images [choice].
+AUTO_K_ST_FRACTION = 0.04
+
+
+def resolve_k_st(k_st: int | str, num_images: int, num_classes: int) -> int:
+    """LSL's reverse-k-NN size: an integer as given, or `auto` = round(0.04 x N/C), at least 1."""
+    if isinstance(k_st, str):
+        if k_st != "auto":
+            raise ValueError(f"model.k_st must be a positive integer or 'auto', got {k_st!r}")
+        return max(1, round(AUTO_K_ST_FRACTION * num_images / max(1, num_classes)))
+    if isinstance(k_st, bool) or int(k_st) != k_st or int(k_st) < 1:
+        raise ValueError(f"model.k_st must be a positive integer or 'auto', got {k_st!r}")
+    return int(k_st)
+
+
 class LSL(SSR):
     """SSR plus structural labels from reverse k-NN, learned by the strong view with Mixup soft-CE."""
 
     keeps_features = True
 
-    def __init__(self, k_st: int = 20, lambda_st: float = 1.0, **kwargs):
-        if int(k_st) < 1 or float(lambda_st) < 0:
-            raise ValueError(f"model.k_st must be >= 1 and model.lambda_st >= 0, got {k_st} and {lambda_st}")
+    def __init__(self, k_st: int | str = 20, lambda_st: float = 1.0, **kwargs):
+        resolve_k_st(k_st, 1, 1)
+        if float(lambda_st) < 0:
+            raise ValueError(f"model.lambda_st must be >= 0, got {lambda_st}")
         super().__init__(**kwargs)
-        self.k_st, self.lambda_st = int(k_st), float(lambda_st)
+        self.k_st_cfg = k_st if isinstance(k_st, str) else int(k_st)
+        self.k_st, self.lambda_st = None, float(lambda_st)
         self.extra_weights = {"l_st": self.lambda_st}
         self.structural: Tensor | None = None
 
     def score_training_set(self, dm: Any = None) -> tuple[Verdicts, dict[str, float]]:
         v, extra = super().score_training_set(dm)
+        self.k_st = resolve_k_st(self.k_st_cfg, self.epoch_feats.shape[0], self.num_classes)
         self.structural, received = core.structural_labels(self.epoch_feats, self.working, self.num_classes,
                                                            self.k_st, self.block_size)
         self.epoch_feats = None
