@@ -124,6 +124,16 @@ class BaselineModule(ClassifierModule):
         self.verdicts: Verdicts | None = None
         self.purification_history: list[dict[str, float]] = []
 
+    # Methods that step parts of the model separately (DivideMix's two networks, DeFT's two phases) set this:
+    # under DDP each of their steps leaves parameters unused, which the default DDP reducer rejects.
+    single_device_only = False
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        if self.single_device_only and self.trainer.world_size > 1:
+            raise RuntimeError(f"{type(self).__name__} trains on one device (it steps parts of the model separately); "
+                               f"got world size {self.trainer.world_size}: use trainer.devices=1")
+
     def make_head(self) -> nn.Linear:
         return zero_shot_head(self.text_features, float(self.logit_scale), self.head_init)
 

@@ -65,6 +65,8 @@ def _auto(value: str, key: str) -> str:
 
 
 class DeFT(BaselineModule):
+    single_device_only = True
+
     def __init__(self, phase1: dict | None = None, **kwargs):
         cfg = {"epochs": 10, "lr": 0.03, "momentum": 0.9, "weight_decay": 5e-4, "warmup": "auto", "n_ctx": 16,
                "ctx_std": 0.02, "vpt_tokens": 20, "threshold": 0.5, "require_argmax": "auto", "sce": "auto",

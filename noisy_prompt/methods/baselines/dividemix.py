@@ -31,6 +31,8 @@ GMM_KEYS = {"n_iter", "tol", "reg_covar"}
 
 
 class DivideMix(BaselineModule):
+    single_device_only = True
+
     def __init__(self, warmup_epochs: int = 1, p_threshold: float = 0.5, temperature: float = 0.5,
                  mixup_alpha: float = 4.0, lambda_u: float = 25.0, rampup_epochs: float = 16.0,
                  lambda_prior: float = 1.0, confidence_penalty: str = "auto", head_jitter: float = 0.1,

@@ -129,8 +129,8 @@ class SSR(BaselineModule):
         if mixed is not None:
             l_ce = _weighted_soft_ce(self.head(feats[0]), mixed[1], mixed[2])
             feats = feats[1:]
-        else:
-            l_ce = feats[0].sum() * 0.0
+        else:  # no clean sample in the batch: a zero that still reaches the head (DDP expects every parameter used)
+            l_ce = self.head(feats[0]).sum() * 0.0
         f1, f2 = feats[0], feats[1]
         z1 = self.proj_head(f1)
         p2 = self.pred_head(self.proj_head(f2))
