@@ -25,7 +25,7 @@ from noisy_prompt.methods.epoch_curve import EpochCurveModule
 
 from .anchors import DEFAULT_ALIASES, load_cupl, match_descriptions, template_sentences
 from .purification import KNN_VOTES, purify, resolve_k
-from .tac import class_anchor_table, tac_log_probs, tac_temperature
+from .tac import TAC_FORMS, class_anchor_table, tac_log_probs, tac_temperature
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +134,8 @@ def _check_args(input: str, classifier: str, trainable_anchors: bool, beta: floa
         raise ValueError(f"model.m and model.block_size must be >= 1, got m={m}, block_size={block_size}")
     if mixup_alpha is not None and float(mixup_alpha) < 0:
         raise ValueError(f"model.mixup_alpha must be >= 0 (0 = no mixing), got {mixup_alpha}")
-    if tac_form not in ("logsumexp", "literal"):
-        raise ValueError(f"model.tac_form must be one of logsumexp, literal, got {tac_form!r}")
+    if tac_form not in TAC_FORMS:
+        raise ValueError(f"model.tac_form must be one of {', '.join(TAC_FORMS)}, got {tac_form!r}")
     if mixup_form not in MIXUP_FORMS:
         raise ValueError(f"model.mixup must be one of {', '.join(MIXUP_FORMS)}, got {mixup_form!r}")
     if float(lreg_weight) < 0:
