@@ -487,15 +487,23 @@ def test_weighted_knn_vote_hand_computed():
         knn_label_vote(feats, labels, 2, k=2, block_size=2, vote="softmax")
 
 
-def test_weighted_vote_falls_back_to_counts_where_every_neighbour_is_dissimilar():
+def test_weighted_vote_is_uniform_where_every_neighbour_is_dissimilar():
     # The 4 vertices of a regular simplex: every pair has cos -1/3, so with k=3 every weight clamps to 0
-    # and each row is the prior-normalised count.
+    # and each row votes 1/C (the uniform count would say [1/3, 2/3] for point 0).
     feats = _unit(torch.tensor([[1.0, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]]))
     labels = torch.tensor([0, 1, 0, 1])
     out = knn_label_vote(feats, labels, 2, k=3, block_size=4, vote="weighted")
-    counts = knn_label_vote(feats, labels, 2, k=3, block_size=4)
-    torch.testing.assert_close(out, counts)  # balanced prior: the count itself
-    assert out[0].tolist() == pytest.approx([1 / 3, 2 / 3])
+    torch.testing.assert_close(out, torch.full((4, 2), 0.5))
+    assert knn_label_vote(feats, labels, 2, k=3, block_size=4)[0].tolist() == pytest.approx([1 / 3, 2 / 3])
+
+
+def test_weighted_vote_is_the_ssr_baselines_vote():
+    # TANGO's `knn_vote: weighted` reading is SSR's vote: the same numbers as the SSR baseline's function.
+    core = pytest.importorskip("noisy_prompt.methods.baselines.core")
+    feats, noisy, _, _, _ = _clustered(30, 4, 8, 2, spread=1.2, seed=5, flip=0.5)
+    noisy[:7] = 0  # an unbalanced prior
+    ours = knn_label_vote(feats, noisy, 4, k=12, block_size=16, vote="weighted")
+    torch.testing.assert_close(ours, core.weighted_knn_vote(feats, noisy, 4, k=12, block_size=16))
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.5])

@@ -102,7 +102,8 @@ def knn_label_vote(
     vote="weighted" (SSR's vote, `model.knn_vote=weighted`): each neighbour counts with its cosine
     similarity (clamped at 0, so the vote stays a distribution), each class's total is divided by the
     class's prior among the noisy labels (a frequent class gets no head start), then the row is
-    normalised. A row whose neighbours all have similarity <= 0 falls back to the uniform count.
+    normalised. A row whose neighbours all have similarity <= 0 votes uniformly (1/C), as the SSR
+    baseline's vote does (methods/baselines/core.weighted_knn_vote; a test keeps the two equal).
     """
     if vote not in KNN_VOTES:
         raise ValueError(f"model.knn_vote must be one of {', '.join(KNN_VOTES)}, got {vote!r}")
@@ -111,21 +112,21 @@ def knn_label_vote(
     labels = _check_labels(noisy_labels.to(feats.device), n, num_classes, "noisy_labels")
     k_eff = capped_k(k, n, exclude_self=True)
     counts = torch.zeros(n, num_classes, dtype=torch.float32, device=feats.device)
-    weighted = torch.zeros_like(counts) if vote == "weighted" else None
     for start, values, idx in iter_topk_blocks(feats, feats, k_eff, block_size, exclude_self=True):
-        rows = slice(start, start + idx.shape[0])
-        counts[rows].scatter_add_(1, labels[idx], torch.ones(idx.shape, dtype=counts.dtype, device=counts.device))
-        if weighted is not None:
-            weighted[rows].scatter_add_(1, labels[idx], values.float().clamp_min(0))
-    if weighted is None:
+        weights = torch.ones(idx.shape, dtype=counts.dtype, device=counts.device)
+        if vote == "weighted":
+            weights = values.to(counts.dtype).clamp_min(0)
+        counts[start : start + idx.shape[0]].scatter_add_(1, labels[idx], weights)
+    if vote == "uniform":
         return counts / k_eff
-    return _prior_normalised(weighted, counts, _class_prior(labels, num_classes))
+    return _prior_normalised(counts, _class_prior(labels, num_classes))
 
 
-def _prior_normalised(weighted: Tensor, counts: Tensor, prior: Tensor) -> Tensor:
-    empty = weighted.sum(dim=1, keepdim=True) <= 0
-    score = torch.where(empty, counts, weighted) / prior[None, :]
-    return score / score.sum(dim=1, keepdim=True)
+def _prior_normalised(weighted: Tensor, prior: Tensor) -> Tensor:
+    """Class totals divided by the class prior, rows normalised; a row without positive weight votes 1/C."""
+    score = weighted / prior[None, :]
+    total = score.sum(dim=1, keepdim=True)
+    return torch.where(total > 0, score / total.clamp_min(1e-30), torch.full_like(score, 1.0 / score.shape[1]))
 
 
 def vision_to_semantic(
@@ -313,7 +314,7 @@ def purify_dense(
         p_vis = (knn @ y_noisy) / knn.sum(dim=1, keepdim=True)
     else:
         sim_knn = torch.zeros(n, n, device=feats.device).scatter_(1, top.indices, top.values.clamp_min(0))
-        p_vis = _prior_normalised(sim_knn @ y_noisy, knn @ y_noisy, _class_prior(noisy, num_classes))
+        p_vis = _prior_normalised(sim_knn @ y_noisy, _class_prior(noisy, num_classes))
 
     a_vs = torch.zeros(n, num_anchors, device=feats.device)
     a_vs.scatter_(1, (feats @ anchors.T).topk(max(1, num_anchors // num_classes), dim=1).indices, 1.0)
