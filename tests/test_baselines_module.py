@@ -391,3 +391,33 @@ def test_lsl_k_st_auto(backbone, dm):
     m = _module("lsl", backbone, dm, k_st="auto")
     m.score_training_set(dm)
     assert m.k_st == max(1, round(0.04 * len(dm.train_labels) / m.num_classes))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["deft", "dividemix"])
+def test_resume_across_the_phase_boundary(name, backbone, dm, tmp_path):
+    """Interrupted after epoch 1 (DeFT: end of phase 1; DivideMix: end of warm-up), resumed from the checkpoint:
+    both optimisers' states come back and epoch 2 runs the second phase from the restored state."""
+    def trainer(epochs):
+        return L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         default_root_dir=str(tmp_path))
+
+    first = _module(name, backbone, dm)
+    t1 = trainer(1)
+    t1.fit(first, datamodule=dm)
+    ckpt = tmp_path / "epoch1.ckpt"
+    t1.save_checkpoint(ckpt)
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert len(saved["optimizer_states"]) == 2
+
+    resumed = _module(name, backbone, dm)
+    tower_before = resumed.clip.visual.proj.detach().clone()
+    trainer(2).fit(resumed, datamodule=dm, ckpt_path=str(ckpt))
+    assert resumed.current_epoch == 2 and not torch.equal(resumed.clip.visual.proj, tower_before)
+    assert [h["epoch"] for h in resumed.purification_history][-1] == 1
+    if name == "deft":
+        assert resumed.phase == 2 and torch.equal(resumed.vpt, first.vpt)  # phase 2 never moves the prompts
+        assert resumed.final_verdicts is not None
+    else:
+        assert set(resumed.p_clean) == {"a", "b"}
