@@ -1,6 +1,11 @@
-"""Random-number state in every checkpoint, so a resumed run continues exactly as an uninterrupted one.
+"""`last.ckpt` at the end of every training epoch, with the random-number state, so a resumed run
+continues exactly as an uninterrupted one.
 
-Lightning's checkpoint holds the trainable state, optimiser, scheduler and loop counters, and the
+Lightning's ModelCheckpoint saves `last.ckpt` only together with a top-k or validation-time save (with
+save_top_k=0 and validation every 5 epochs, a run killed at epoch 17 restarted from epoch 15 or from
+scratch); `ResumeCheckpoint` saves it after every training epoch, whatever the validation cadence, and
+atomically (written beside, then renamed). It is a `Checkpoint`, so Lightning runs it after the
+module's own on_train_epoch_end (DP-SEP's derangement has advanced by then). Lightning's checkpoint holds the trainable state, optimiser, scheduler and loop counters, and the
 methods add their own generators (DP-SEP's derangement, TANGO's mixup); the global torch / NumPy /
 Python generators (e.g. augmentation drawn in the main process, losses that draw fresh noise from the
 global stream) are not saved by Lightning. This callback stores them with each checkpoint and puts
@@ -9,18 +14,38 @@ them back when a run resumes from one. The training order is a function of (seed
 """
 from __future__ import annotations
 
+import os
 import random
+from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import Checkpoint
 import numpy as np
 import torch
 
 
-class RNGStateCheckpoint(L.Callback):
+class ResumeCheckpoint(Checkpoint):
+    """Writes `<dirpath>/last.ckpt` after every training epoch; its state is the global RNG state."""
+
+    def __init__(self, dirpath: str | Path | None = None, filename: str = "last.ckpt"):
+        self.dirpath = None if dirpath is None else str(dirpath)
+        self.filename = filename
+
     @property
     def state_key(self) -> str:
-        return "RNGStateCheckpoint"
+        return "ResumeCheckpoint"
+
+    def on_train_epoch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        if trainer.sanity_checking or getattr(trainer, "fast_dev_run", False):
+            return
+        folder = Path(self.dirpath or Path(trainer.default_root_dir) / "checkpoints")
+        final = folder / self.filename
+        tmp = folder / f".{self.filename}.tmp"
+        trainer.save_checkpoint(str(tmp))  # collective: every rank calls it, rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(tmp, final)  # never a half-written last.ckpt
+        trainer.strategy.barrier("ResumeCheckpoint")
 
     def state_dict(self) -> dict[str, Any]:
         # Plain tensors, lists and numbers only: checkpoints are read with torch.load(weights_only=True).

@@ -191,7 +191,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, cell: CellId) -> dict[str, Any]:
         module.report_path = str(run_dir / REPORT_FILE)
         callbacks = _instantiate_group(cfg, "callbacks")
         for cb in callbacks:  # checkpoints live in this cell's dir, whatever run_dir the config resolved to
-            if type(cb).__name__ == "ModelCheckpoint":
+            if type(cb).__name__ in ("ResumeCheckpoint", "ModelCheckpoint"):
                 cb.dirpath = str(run_dir / "checkpoints")
         trainer = instantiate(cfg.trainer, default_root_dir=str(run_dir), logger=loggers or False, max_epochs=max_epochs,
                               callbacks=callbacks, enable_checkpointing=any("Checkpoint" in type(c).__name__ for c in callbacks))

@@ -30,7 +30,9 @@ def test_wandb_offline_two_jobs_two_runs_and_failure_marker(tiny_backbone, tmp_p
             "logger=wandb", "sweep=mr", "cell=coop_ctx${model.n_ctx}", *SMALL]
     proc = _run(args, env, cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ok_dir, bad_dir = logs / "mr" / "coop_ctx4" / "seed1", logs / "mr" / "coop_ctx40" / "seed1"
+    # the swept model.n_ctx (and the SMALL overrides) are settings: each job's dir carries their tag
+    (ok_dir,) = (logs / "mr" / "coop_ctx4").glob("seed1__*model.n_ctx=4*")
+    (bad_dir,) = (logs / "mr" / "coop_ctx40").glob("seed1__*model.n_ctx=40*")
     results = json.loads((ok_dir / "results.json").read_text())
     assert results["status"] == "ok" and 0 <= results["metrics"]["test/acc"] <= 100
     failed = json.loads((bad_dir / "failed.json").read_text())
@@ -54,10 +56,14 @@ def test_single_run_from_another_cwd_writes_results_and_figures(tiny_backbone, t
     proc = _run(["model=dpsep", "noise=sym50", f"backbone.model={tiny_backbone['model']}", "logger=csv",
                  *[a for a in SMALL if not a.startswith(("figures", "callbacks"))]], env, cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run_dir = logs / "adhoc" / "dpsep" / "synthetic" / "sym50" / "synthetic" / "seed1"
+    (run_dir,) = (logs / "adhoc" / "dpsep" / "synthetic" / "sym50" / "synthetic").glob("seed1__*")
     res = json.loads((run_dir / "results.json").read_text())
+    settings = res["cell"].pop("settings")
     assert res["cell"] == {"model": "dpsep", "data": "synthetic", "noise": "sym50", "backbone": "synthetic",
                            "seed": 1, "train_data": "synthetic", "sweep": "adhoc"}
+    assert settings == {"data.reader_kwargs.num_train_per_class": "6", "data.reader_kwargs.num_val_per_class": "2",
+                        "data.reader_kwargs.num_test_per_class": "2", "data.shots": "4",
+                        "data.recipe.prompt.max_epochs": "1"}
     assert res["noise"]["realised_rate"] == pytest.approx(0.5)
     assert {"test/acc", "test/acc_top5"} <= set(res["metrics"])
     for key in ("config_hash", "versions", "git_rev", "wall_time_s", "world_size"):

@@ -142,7 +142,7 @@ def test_cifar100n_end_to_end(tiny_backbone, tmp_path):
 
     _, logs = _run(["model=tango", "data=cifar100n", "noise=real", f"backbone.model={tiny_backbone['model']}",
                     "backbone.name=tiny", f"paths.data_dir={root}", *FAST], tmp_path)
-    run_dir = logs / "adhoc" / "tango" / "cifar100n" / "real" / "tiny" / "seed1"
+    (run_dir,) = (logs / "adhoc" / "tango" / "cifar100n" / "real" / "tiny").glob("seed1*")  # seed1__<settings tag> (noisy_prompt/cell.py)
     res = _check_run(run_dir, given, true)
     assert res["cell"]["data"] == "cifar100n" and res["noise"]["protocol"] == "real"
     assert res["noise"]["realised_rate"] == pytest.approx(sum(g != t for g, t in zip(given, true)) / N_TRAIN)
@@ -158,7 +158,7 @@ def test_cifar100_sym60_end_to_end(tiny_backbone, tmp_path):
 
     _, logs = _run(["model=tango", "data=cifar100", "noise=sym60", f"backbone.model={tiny_backbone['model']}",
                     "backbone.name=tiny", f"paths.data_dir={root}", *FAST], tmp_path)
-    run_dir = logs / "adhoc" / "tango" / "cifar100" / "sym60" / "tiny" / "seed1"
+    (run_dir,) = (logs / "adhoc" / "tango" / "cifar100" / "sym60" / "tiny").glob("seed1*")  # seed1__<settings tag> (noisy_prompt/cell.py)
     given = [int(r["given_label"]) for r in _label_issues(run_dir)]
     res = _check_run(run_dir, given, true)
     realised = sum(g != t for g, t in zip(given, true)) / N_TRAIN
@@ -188,7 +188,7 @@ def test_synthetic_purification_beats_the_noise_and_moves(tmp_path):
     from noisy_prompt.synthetic.world import CLASSNAMES as SYNTHETIC_CLASSES
 
     _, logs = _run(SYNTHETIC, tmp_path)
-    run_dir = logs / "adhoc" / "tango" / "synthetic_full" / "sym60" / "synthetic" / "seed1"
+    (run_dir,) = (logs / "adhoc" / "tango" / "synthetic_full" / "sym60" / "synthetic").glob("seed1*")  # seed1__<settings tag> (noisy_prompt/cell.py)
     true = [int(y) for y in read_synthetic(num_train_per_class=SYNTHETIC_PER_CLASS).train.labels]
     given = [int(r["given_label"]) for r in _label_issues(run_dir)]
     res = _check_run(run_dir, given, true, list(SYNTHETIC_CLASSES))
