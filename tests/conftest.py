@@ -90,12 +90,19 @@ def random_clip():
 
 
 @pytest.fixture(scope="session")
-def synthetic_clip():
-    """The package's built-in synthetic CLIP `(model, tokenizer)`, built once per session, frozen."""
+def synthetic_bundle():
+    """The package's built-in synthetic CLIP as a `ClipBundle`, loaded once per session and frozen; pass
+    it as `clip_bundle=` to datamodules and modules that only read it (prompt methods, feature caching)."""
     from noisy_prompt.clip import create_clip
 
     bundle = create_clip("builtin:synthetic-clip")
     bundle.model.eval()
     for p in bundle.model.parameters():
         p.requires_grad_(False)
-    return bundle.model, bundle.tokenizer
+    return bundle
+
+
+@pytest.fixture(scope="session")
+def synthetic_clip(synthetic_bundle):
+    """The built-in synthetic CLIP `(model, tokenizer)`, shared and frozen."""
+    return synthetic_bundle.model, synthetic_bundle.tokenizer

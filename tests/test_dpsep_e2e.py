@@ -13,11 +13,11 @@ SYNTHETIC = {"model": "builtin:synthetic-clip", "pretrained": None, "allow_rando
 EPOCHS = 6
 
 
-def _dm(noise, tmp_path):
+def _dm(noise, tmp_path, bundle):
     dm = CLIPDataModule(name="synthetic", reader_kwargs={"num_train_per_class": 32, "num_val_per_class": 0,
                                                          "num_test_per_class": 16},
                         shots=16, noise=noise, seed=1, backbone=SYNTHETIC, views=EPOCHS, crop_scale=(0.5, 1.0),
-                        batch_size=32, cache_dir=str(tmp_path / "cache"))
+                        batch_size=32, cache_dir=str(tmp_path / "cache"), clip_bundle=bundle)
     dm.setup("fit")
     return dm
 
@@ -31,11 +31,12 @@ def _fit_test(module, dm):
 
 
 @pytest.mark.slow
-def test_reduced_synthetic_table_invariants(tmp_path):
+def test_reduced_synthetic_table_invariants(tmp_path, synthetic_bundle):
+    # One loaded CLIP for the two datamodules and the three modules (none of them changes its weights).
     common = dict(backbone=SYNTHETIC, test_sets=["test"], n_ctx=16, max_epochs=EPOCHS,
-                  optim={"lr": 0.002, "warmup_epochs": 1, "warmup_lr": 1e-5})
-    clean_dm = _dm(NoiseSpec(name="clean", protocol="clean"), tmp_path)
-    noisy_dm = _dm(NoiseSpec(name="sym80", protocol="sym", rate=0.8), tmp_path)
+                  optim={"lr": 0.002, "warmup_epochs": 1, "warmup_lr": 1e-5}, clip_bundle=synthetic_bundle)
+    clean_dm = _dm(NoiseSpec(name="clean", protocol="clean"), tmp_path, synthetic_bundle)
+    noisy_dm = _dm(NoiseSpec(name="sym80", protocol="sym", rate=0.8), tmp_path, synthetic_bundle)
     coop_clean = _fit_test(CoOp(classnames=clean_dm.classnames, **common), clean_dm)
     coop_noisy = _fit_test(CoOp(classnames=noisy_dm.classnames, **common), noisy_dm)
     dpsep = DPSEP(classnames=noisy_dm.classnames, **common)
