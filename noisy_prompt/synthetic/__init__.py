@@ -1,15 +1,15 @@
-"""Built-in synthetic world: coloured shapes, their captions and descriptions, and a small CLIP
-pretrained on them, so that the default run, the demo and the tests need no download."""
+"""Built-in synthetic world: patterned coloured shapes, their captions and descriptions, and a small
+CLIP pretrained on them, so that the default run, the demo and the tests need no download."""
 from pathlib import Path
 
 from .captions import class_descriptions
 from .dataset import RENDER_VERSION, read_synthetic
-from .world import CLASSNAMES, COLOURS, DOWNSTREAM_STYLE, SHAPES, STYLES
+from .world import CLASSNAMES, COLOURS, DOWNSTREAM_STYLE, PATTERNS, SHAPES, STYLES, downstream_classes
 
 # open_clip `local-dir:` folder of the committed weights: open_clip.create_model("local-dir:" + str(...)).
 SYNTHETIC_CLIP_DIR = Path(__file__).resolve().parent / "weights" / "synthetic-clip"
 
 __all__ = [
-    "CLASSNAMES", "COLOURS", "DOWNSTREAM_STYLE", "RENDER_VERSION", "SHAPES", "STYLES", "SYNTHETIC_CLIP_DIR",
-    "class_descriptions", "read_synthetic",
+    "CLASSNAMES", "COLOURS", "DOWNSTREAM_STYLE", "PATTERNS", "RENDER_VERSION", "SHAPES", "STYLES", "SYNTHETIC_CLIP_DIR",
+    "class_descriptions", "downstream_classes", "read_synthetic",
 ]

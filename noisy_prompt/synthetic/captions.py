@@ -1,11 +1,15 @@
 """Words about the synthetic world: pretraining captions and per-class descriptions.
 
-Caption convention (this is what makes downstream prompt learning worthwhile): a caption either
-mentions how the photo was taken ("a tinted photo of a red circle.") and then names the true
-colour, or it does not, and then it names the colour the shape *appears* to have, the way people
-caption what they see. Under the warm tint some reds look orange and purples look red, so the plain
-template "a photo of a {}." misreads tinted images, while a context that says "tinted" reads them
-right; a learned prompt context can find that.
+Captions are varied on purpose (dozens of templates, distractor words before and after the object
+phrase, irrelevant attributes, sometimes a partial object phrase), so that the text tower learns to
+find the class phrase wherever it sits: that is the language prior that keeps a learned prompt
+context from erasing the class name.
+
+Caption convention (what gives downstream prompt learning something to learn): a caption may name
+the photo's conditions ("a blurry, tinted photo of a red star."); when it names the tint it gives the
+shape's true colour, and when it does not it names the colour the shape *appears* to have under the
+tint, the way people caption what they see. A context that says "tinted" therefore reads shifted
+images a little better than the plain template.
 """
 from __future__ import annotations
 
@@ -14,48 +18,32 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .world import COLOURS, SHAPES, STYLES, Scene, split_classname
+from .world import COLOURS, CONDITIONS, PATTERNS, SHAPES, Scene, split_classname
 
-# How each style is named when a caption mentions it; "{x}" is the object phrase ("red circle",
-# possibly with size words), "{a}" its article.
-STYLE_TEMPLATES: dict[str, tuple[str, ...]] = {
-    "dim": (
-        "a dim photo of {a} {x}.",
-        "a dark photo of {a} {x}.",
-        "{a} {x} in dim light.",
-        "a photo of {a} {x} in the dark.",
-        "a low-light photo of {a} {x}.",
-    ),
-    "blurry": (
-        "a blurry photo of {a} {x}.",
-        "a blurred photo of {a} {x}.",
-        "{a} {x}, out of focus.",
-        "an out-of-focus photo of {a} {x}.",
-        "a blurry {x}.",
-    ),
-    "striped": (
-        "a photo of {a} {x} on a striped background.",
-        "{a} {x} on a striped background.",
-        "{a} {x} in front of stripes.",
-        "a photo of {a} {x} on stripes.",
-        "{a} {x} against a striped pattern.",
-    ),
-    "dotted": (
-        "a photo of {a} {x} on a dotted background.",
-        "{a} {x} on a dotted background.",
-        "{a} {x} in front of dots.",
-        "a photo of {a} {x} on polka dots.",
-        "{a} {x} against a dotted pattern.",
-    ),
-    "tinted": (
-        "a tinted photo of {a} {x}.",
-        "{a} {x} in a tinted photo.",
-        "a warm tinted photo of {a} {x}.",
-        "a tinted picture of {a} {x}.",
-        "a photo of {a} {x} with a warm tint.",
-    ),
+# Adjectives for the photo when a caption names a condition.
+CONDITION_WORDS: dict[str, tuple[str, ...]] = {
+    "tint": ("tinted", "warm-tinted", "tinted", "warm"),
+    "blur": ("blurry", "blurred", "out-of-focus", "blurry"),
+    "dim": ("dim", "dark", "low-light", "dim"),
+    "clutter": ("cluttered", "messy", "cluttered", "busy"),
 }
+# The phrase the calibration's "template that names the shift" uses, in this fixed order.
+SHIFT_TEMPLATE = "a tinted, blurry, dim, cluttered photo of a {}."
 
+# "{p}" is the photo phrase with its condition adjectives ("blurry, dim photo"), "{pa}" its article,
+# "{a}" the article of the object phrase "{x}".
+PHOTO_TEMPLATES: tuple[str, ...] = (
+    "{pa} {p} of {a} {x}.",
+    "{pa} {p} showing {a} {x}.",
+    "this is {pa} {p} of {a} {x}.",
+    "{a} {x} in {pa} {p}.",
+    "{pa} {p} of the {x}.",
+    "my {p} of {a} {x}.",
+    "{pa} {p} with {a} {x} in it.",
+    "{a} {x}, {p}.",
+    "{pa} {p} that shows {a} {x}.",
+    "here is {pa} {p} of {a} {x}.",
+)
 PLAIN_TEMPLATES: tuple[str, ...] = (
     "a photo of {a} {x}.",
     "{a} {x}.",
@@ -65,19 +53,55 @@ PLAIN_TEMPLATES: tuple[str, ...] = (
     "there is {a} {x} in the image.",
     "a drawing of {a} {x}.",
     "{x}.",
+    "a snapshot of {a} {x}.",
+    "this is {a} {x}.",
+    "a picture showing {a} {x}.",
+    "{a} {x} on a grey background.",
+    "look at this {x}.",
+    "a rendering of {a} {x}.",
+    "the {x}.",
+    "an example of {a} {x}.",
+    "a photo that shows {a} {x}.",
+    "i saw {a} {x}.",
+    "a sketch of {a} {x}.",
+    "a {x} in the picture.",
+    "it is {a} {x}.",
+    "a cropped photo of {a} {x}.",
+    "a good photo of {a} {x}.",
+    "a nice picture of the {x}.",
 )
+PHOTO_WORDS: tuple[str, ...] = ("photo", "picture", "image", "shot", "snapshot")
+# Distractor words before and after the caption (none of them names a colour, pattern or shape).
+LEADS: tuple[str, ...] = (
+    "look:", "wow,", "today:", "new post:", "from my album:", "item 42:", "found this:", "see here,", "fig. 3:",
+    "photo 17:", "hey,", "ok,", "random:", "caption:", "at home:", "my favourite:", "in the lab:", "art class:",
+)
+TAILS: tuple[str, ...] = (
+    "on the table", "from the archive", "taken yesterday", "in high resolution", "for sale", "drawn by hand",
+    "with a soft shadow", "on grey paper", "at noon", "by a friend", "nice", "in the museum", "from the catalogue",
+    "again", "in my notebook", "near the window", "at the fair", "on the wall",
+)
+PATTERN_WORDS: dict[str, tuple[str, ...]] = {
+    "solid": ("solid", "plain", "flat"),
+    "striped": ("striped",),
+    "spotted": ("spotted",),
+    "checkered": ("checkered",),
+}
 
 
 @dataclass(frozen=True)
 class CaptionMix:
     """How pretraining captions are drawn (recorded in train_config.json)."""
 
-    # Probability that a caption of a non-plain image names its style.
-    p_mention_style: dict[str, float] = field(
-        default_factory=lambda: {"dim": 0.6, "blurry": 0.6, "striped": 0.6, "dotted": 0.6, "tinted": 0.5}
-    )
-    p_size: float = 0.25  # add "small"/"large"
-    p_position: float = 0.2  # add "on the left", ...
+    # Probability that a caption names a condition the photo has (per condition).
+    p_mention: dict[str, float] = field(default_factory=lambda: {c: 0.5 for c in CONDITIONS})
+    p_size: float = 0.25  # "small"/"large" before the object phrase
+    p_position: float = 0.2  # "on the left", ...
+    p_solid_word: float = 0.15  # "a solid red circle" (solid class names omit it)
+    p_drop_colour: float = 0.06  # partial phrases ("a striped circle"), as real captions are partial
+    p_drop_pattern: float = 0.06
+    p_lead: float = 0.25  # a distractor before the caption
+    p_tail: float = 0.25  # a distractor after it
     p_bare_article: float = 0.3  # write "a" before a vowel too, as the plain template does
 
     def to_dict(self) -> dict:
@@ -88,109 +112,113 @@ def _article(word: str) -> str:
     return "an" if word[:1] in "aeiou" else "a"
 
 
+def object_phrase(scene: Scene, colour: str, rng: np.random.Generator, mix: CaptionMix) -> str:
+    words = []
+    if rng.random() < mix.p_size:
+        words.append(scene.size_word)
+    drop_colour = rng.random() < mix.p_drop_colour
+    drop_pattern = rng.random() < mix.p_drop_pattern
+    if not drop_colour or (drop_pattern and scene.pattern != "solid"):
+        words.append(colour)
+    if scene.pattern != "solid" and not (drop_pattern and not drop_colour):
+        words.append(scene.pattern)
+    elif scene.pattern == "solid" and rng.random() < mix.p_solid_word:
+        words.append(PATTERN_WORDS["solid"][int(rng.integers(3))])
+    words.append(scene.shape)
+    return " ".join(words)
+
+
 def pretraining_caption(scene: Scene, rng: np.random.Generator, mix: CaptionMix = CaptionMix()) -> str:
     """One caption for `scene`, drawn with `rng` under the convention described in the module doc."""
-    mentions = scene.style != "plain" and rng.random() < mix.p_mention_style.get(scene.style, 0.0)
-    colour = scene.colour if (mentions or scene.style == "plain") else scene.apparent_colour
-    obj = f"{colour} {scene.shape}"
-    if rng.random() < mix.p_size:
-        obj = f"{scene.size_word} {obj}"
+    named = [c for c in CONDITIONS if c in scene.conditions and rng.random() < mix.p_mention.get(c, 0.0)]
+    colour = scene.colour if "tint" in named else scene.apparent_colour
+    obj = object_phrase(scene, colour, rng, mix)
     article = "a" if rng.random() < mix.p_bare_article else _article(obj)
-    templates = STYLE_TEMPLATES[scene.style] if mentions else PLAIN_TEMPLATES
-    text = templates[int(rng.integers(len(templates)))].format(a=article, x=obj)
+    if named:
+        order = rng.permutation(len(named))
+        adjs = ", ".join(CONDITION_WORDS[named[i]][int(rng.integers(4))] for i in order)
+        photo = f"{adjs} {PHOTO_WORDS[int(rng.integers(len(PHOTO_WORDS)))]}"
+        t = PHOTO_TEMPLATES[int(rng.integers(len(PHOTO_TEMPLATES)))]
+        pa = "a" if rng.random() < mix.p_bare_article else _article(photo)
+        text = t.format(p=photo, pa=pa, a=article, x=obj)
+    else:
+        text = PLAIN_TEMPLATES[int(rng.integers(len(PLAIN_TEMPLATES)))].format(a=article, x=obj)
     if rng.random() < mix.p_position:
         text = f"{text[:-1]} {scene.position_phrase}."
+    if rng.random() < mix.p_tail:
+        text = f"{text[:-1]} {TAILS[int(rng.integers(len(TAILS)))]}."
+    if rng.random() < mix.p_lead:
+        text = f"{LEADS[int(rng.integers(len(LEADS)))]} {text}"
     return text
 
 
 # ---------------------------------------------------------------------------------------------
-# Class descriptions (anchors for TANGO): attributes in varied wording.
+# Class descriptions (anchors for TANGO): attributes in varied wording, true of every photo of the
+# class whatever its conditions (they never mention light, tint, blur or clutter).
 
 SHAPE_FACTS: dict[str, tuple[str, ...]] = {
-    "circle": (
-        "a round shape",
-        "a shape with no corners",
-        "a perfectly round disc",
-        "a shape with one smooth curved edge",
-        "a filled round disc",
-    ),
-    "square": (
-        "a shape with four equal sides",
-        "a shape with four right-angled corners",
-        "a box-like shape with straight edges",
-        "a four-sided shape",
-        "a block with four corners",
-    ),
-    "triangle": (
-        "a shape with three corners",
-        "a shape with three straight sides",
-        "a three-sided shape",
-        "a pointed shape with three edges",
-        "a wedge with three tips",
-    ),
-    "star": (
-        "a shape with five points",
-        "a shape with five pointed tips",
-        "a spiky five-pointed shape",
-        "a shape with sharp points around its centre",
-        "a shape like a twinkling star",
-    ),
-    "cross": (
-        "a plus sign",
-        "a shape made of two crossing bars",
-        "a shape with four arms meeting in the middle",
-        "a shape like a plus symbol",
-        "two bars crossing at right angles",
-    ),
-    "ring": (
-        "a hollow circle",
-        "a round shape with a hole in the middle",
-        "a donut-shaped outline",
-        "a circular band",
-        "a thick round loop",
-    ),
+    "circle": ("a round shape", "a shape with no corners", "a perfectly round disc", "a filled round disc"),
+    "square": ("a shape with four equal sides", "a shape with four right-angled corners", "a four-sided block",
+               "a box-like shape with straight edges"),
+    "triangle": ("a shape with three corners", "a shape with three straight sides", "a three-sided shape",
+                 "a pointed wedge with three tips"),
+    "star": ("a shape with five points", "a spiky five-pointed shape", "a shape with five pointed tips",
+             "a shape with sharp points around its centre"),
+    "cross": ("a plus sign", "a shape made of two crossing bars", "a shape with four arms meeting in the middle",
+              "two bars crossing at right angles"),
+    "ring": ("a hollow circle", "a round shape with a hole in the middle", "a donut-shaped band",
+             "a thick round loop"),
+    "diamond": ("a rhombus standing on one tip", "a shape with four slanted sides", "a tall four-pointed shape",
+                "a kite-like shape with four corners"),
+    "hexagon": ("a shape with six sides", "a six-cornered shape", "a shape like a honeycomb cell",
+                "a six-sided flat shape"),
 }
-
+PATTERN_FACTS: dict[str, tuple[str, ...]] = {
+    "solid": ("in one flat colour", "with no pattern", "filled evenly", "with a plain fill"),
+    "striped": ("covered in stripes", "with parallel bands", "with a striped fill", "marked with lines"),
+    "spotted": ("covered in spots", "with a dotted fill", "with round spots", "marked with dots"),
+    "checkered": ("with a checkerboard fill", "covered in small squares", "with a chequered pattern",
+                  "marked like a chessboard"),
+}
 COLOUR_WORDS: dict[str, tuple[str, ...]] = {
-    "red": ("red", "bright red", "deep red", "tomato red", "cherry red"),
-    "orange": ("orange", "bright orange", "deep orange", "tangerine orange", "pumpkin orange"),
-    "yellow": ("yellow", "bright yellow", "lemon yellow", "golden yellow", "sunny yellow"),
-    "green": ("green", "bright green", "grass green", "leaf green", "deep green"),
-    "cyan": ("cyan", "bright cyan", "aqua cyan", "turquoise cyan", "deep cyan"),
-    "blue": ("blue", "bright blue", "royal blue", "deep blue", "cobalt blue"),
-    "purple": ("purple", "bright purple", "violet purple", "deep purple", "plum purple"),
+    "red": ("red", "bright red", "deep red", "cherry red"),
+    "orange": ("orange", "bright orange", "tangerine orange", "pumpkin orange"),
+    "yellow": ("yellow", "bright yellow", "lemon yellow", "golden yellow"),
+    "green": ("green", "bright green", "grass green", "leaf green"),
+    "cyan": ("cyan", "bright cyan", "aqua cyan", "turquoise cyan"),
+    "blue": ("blue", "bright blue", "royal blue", "cobalt blue"),
+    "purple": ("purple", "violet purple", "deep purple", "plum purple"),
+    "pink": ("pink", "light pink", "rose pink", "soft pink"),
 }
-
 DESCRIPTION_TEMPLATES: tuple[str, ...] = (
-    "{fact} coloured {col}.",
-    "a {name} is {fact} that is {col}.",
-    "a {col} {shape}, which is {fact}.",
-    "{fact}, painted {col}.",
-    "a picture of {fact} in {col}.",
-    "the {shape} is {col} and looks like {fact}.",
-    "a {name} looks like {fact} with a {col} fill.",
-    "{fact} whose colour is {col}.",
+    "{fact} coloured {col}, {pat}.",
+    "a {name} is {fact} that is {col} and {pat}.",
+    "a {col} {shape} {pat}, which is {fact}.",
+    "{fact}, painted {col}, {pat}.",
+    "a picture of {fact} in {col}, {pat}.",
+    "the {shape} is {col}, {pat}, and looks like {fact}.",
 )
 
-assert set(SHAPE_FACTS) == set(SHAPES) and set(COLOUR_WORDS) == set(COLOURS) and set(STYLE_TEMPLATES) | {"plain"} == set(STYLES)
+assert set(SHAPE_FACTS) == set(SHAPES) and set(COLOUR_WORDS) == set(COLOURS) and set(PATTERN_FACTS) == set(PATTERNS)
+assert set(CONDITION_WORDS) == set(CONDITIONS)
 
 
 def max_descriptions() -> int:
-    return len(DESCRIPTION_TEMPLATES) * 5 * 5
+    return len(DESCRIPTION_TEMPLATES) * 4 * 4 * 4
 
 
 def class_descriptions(classname: str, k: int = 40) -> list[str]:
     """`k` distinct descriptive sentences of a class, the same list on every call.
 
-    Each sentence names the colour and describes the shape by its attributes (corners, points,
-    holes), like the LLM-written descriptions used for real datasets.
+    Each sentence names the colour, describes the shape by its attributes (corners, points, holes)
+    and the fill pattern, like the LLM-written descriptions used for real datasets.
     """
-    colour, shape = split_classname(classname)
-    facts, cols = SHAPE_FACTS[shape], COLOUR_WORDS[colour]
-    combos = [(t, f, c) for t in DESCRIPTION_TEMPLATES for f in facts for c in cols]
+    colour, pattern, shape = split_classname(classname)
+    facts, cols, pats = SHAPE_FACTS[shape], COLOUR_WORDS[colour], PATTERN_FACTS[pattern]
+    combos = [(t, f, c, p) for t in DESCRIPTION_TEMPLATES for f in facts for c in cols for p in pats]
     if not 1 <= k <= len(combos):
         raise ValueError(f"class_descriptions: k={k} but this world has 1..{len(combos)} sentences per class")
-    rng = np.random.default_rng(zlib.crc32(f"{colour} {shape}".encode()))
+    rng = np.random.default_rng(zlib.crc32(classname.strip().lower().encode()))
     # Round-robin over templates (in a per-class shuffled order) so that even a small k varies the
     # wording instead of repeating one template with different facts.
     rounds: dict[int, list[int]] = {}
@@ -200,8 +228,6 @@ def class_descriptions(classname: str, k: int = 40) -> list[str]:
         rounds.setdefault(uses.get(template, 0), []).append(int(i))
         uses[template] = uses.get(template, 0) + 1
     chosen = [i for r in sorted(rounds) for i in rounds[r]]
-    out = []
-    for i in chosen[:k]:
-        t, f, c = combos[i]
-        out.append(t.format(fact=f, col=c, shape=shape, name=f"{colour} {shape}"))
-    return out
+    name = " ".join(classname.strip().lower().split())
+    return [combos[i][0].format(fact=combos[i][1], col=combos[i][2], pat=combos[i][3], shape=shape, name=name)
+            for i in chosen[:k]]

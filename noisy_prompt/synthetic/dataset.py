@@ -7,11 +7,14 @@ from pathlib import Path
 from PIL import Image
 
 from ..data.base import DatasetSplits, ImageSplit
-from .world import CLASSNAMES, DOWNSTREAM_STYLE, NUM_CLASSES, check_style, label_of, render_pil
+from .captions import class_descriptions
+from .world import CLASSNAMES, DOWNSTREAM_STYLE, check_style, downstream_classes, render_pil
 
-# Bump when the renderer changes what an (index, style, seed) looks like: keys carry it, so cached
-# features of old images are never reused.
-RENDER_VERSION = "synthetic-v1"
+# Bump when the renderer changes what an (index, style, seed, class) looks like: keys carry it, so
+# cached features of old images are never reused.
+RENDER_VERSION = "synthetic-v2"
+# Sentences per class published as the dataset's class descriptions (TANGO's K).
+NUM_DESCRIPTIONS = 40
 
 
 @dataclass(frozen=True)
@@ -21,28 +24,31 @@ class SyntheticImageLoader:
     world_seed: int
     split: str
     style: str
+    class_ids: tuple[int, ...]  # local label -> global class id
 
     def __call__(self, index: int) -> Image.Image:
-        return render_pil(self.world_seed, self.split, int(index), self.style)
+        index = int(index)
+        return render_pil(self.world_seed, self.split, index, self.style, self.class_ids[index % len(self.class_ids)])
 
 
-def image_key(split: str, style: str, index: int, world_seed: int = 0) -> str:
-    # The default world keeps the short key; other seeds are different images, so they say so.
+def image_key(split: str, style: str, index: int, world_seed: int = 0, num_classes: int = 64) -> str:
+    # The image depends on its class, and the class of index i on the class count: both in the key.
     seed_part = "" if world_seed == 0 else f"seed{world_seed}/"
-    return f"{RENDER_VERSION}/{seed_part}{split}/{style}/{index}"
+    return f"{RENDER_VERSION}/{seed_part}c{num_classes}/{split}/{style}/{index}"
 
 
-def synthetic_split(split: str, num_per_class: int, style: str, world_seed: int = 0) -> ImageSplit:
+def synthetic_split(split: str, num_per_class: int, style: str, world_seed: int = 0, num_classes: int = 64) -> ImageSplit:
     if num_per_class < 0:
         raise ValueError(f"synthetic split {split!r}: num_per_class must be >= 0, got {num_per_class}")
     check_style(style)
-    items = list(range(num_per_class * NUM_CLASSES))
+    ids = downstream_classes(world_seed, num_classes)
+    items = list(range(num_per_class * len(ids)))
     return ImageSplit(
         items=items,
-        labels=[label_of(i) for i in items],
-        classnames=list(CLASSNAMES),
-        loader=SyntheticImageLoader(world_seed, split, style),
-        keys=[image_key(split, style, i, world_seed) for i in items],
+        labels=[i % len(ids) for i in items],  # classes cycle with the index: balanced splits
+        classnames=[CLASSNAMES[c] for c in ids],
+        loader=SyntheticImageLoader(world_seed, split, style, ids),
+        keys=[image_key(split, style, i, world_seed, num_classes) for i in items],
     )
 
 
@@ -54,17 +60,21 @@ def read_synthetic(
     num_test_per_class: int = 32,
     style: str = DOWNSTREAM_STYLE,
     world_seed: int = 0,
+    num_classes: int = 64,
 ) -> DatasetSplits:
-    """The built-in dataset: 42 coloured-shape classes rendered on the fly (`root` is ignored).
+    """The built-in dataset: `num_classes` of the world's patterned coloured-shape classes rendered on
+    the fly (`root` is ignored), with the world's class descriptions.
 
     Splits come from separate generator streams, so they never share an image; a larger
     `num_train_per_class` (hundreds) gives a "full-data" training set.
     """
     del root  # nothing on disk
+    train = synthetic_split("train", num_train_per_class, style, world_seed, num_classes)
     return DatasetSplits(
         name="synthetic",
-        train=synthetic_split("train", num_train_per_class, style, world_seed),
-        val=synthetic_split("val", num_val_per_class, style, world_seed) if num_val_per_class > 0 else None,
-        test=synthetic_split("test", num_test_per_class, style, world_seed),
+        train=train,
+        val=synthetic_split("val", num_val_per_class, style, world_seed, num_classes) if num_val_per_class > 0 else None,
+        test=synthetic_split("test", num_test_per_class, style, world_seed, num_classes),
         templates=["a photo of a {}."],
+        class_descriptions={c: class_descriptions(c, NUM_DESCRIPTIONS) for c in train.classnames},
     )

@@ -1,74 +1,125 @@
-"""A procedural world of coloured shapes: 6 shapes x 7 colours = 42 classes, rendered at 32x32 RGB.
+"""A procedural world of patterned coloured shapes: 8 colours x 4 patterns x 8 shapes = 256 classes,
+rendered at 32x32 RGB.
 
-Every image is a pure function of (world seed, split, index, style): its randomness comes from a
-private `np.random.Generator` seeded with those values, never from global RNG state, so the same
+Every image is a pure function of (world seed, split, index, style, class): its randomness comes from
+a private `np.random.Generator` seeded with those values, never from global RNG state, so the same
 image comes back in any process, worker or order.
 
-Styles change how a scene is photographed, not what it shows. One of them, "tinted", rotates hues
-and casts a warm light over the whole image, so some shapes *look* like a neighbouring colour
-(`Scene.apparent_colour`). That is what gives prompt learning something to learn downstream: see
-`captions.py` for how captions talk about tinted photos.
+A class is what the shape *is* (colour, fill pattern, outline); a photo's *conditions* are how it was
+taken: a warm tint, blur, dim light and background clutter, each a continuous strength. Pretraining
+photos get random conditions (none, some or all, at any strength); the downstream splits (style
+"field") get all four at mild strengths, so every class loses a little and none breaks: the
+conditions never change the shape or its pattern, and a tint moves a colour's hue by a few degrees,
+so only shapes whose hue already lies near a colour boundary can look like the neighbouring colour
+(`Scene.apparent_colour`). See `captions.py` for how captions talk about conditions.
 """
 from __future__ import annotations
 
 import colorsys
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
 IMAGE_SIZE = 32
 
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "ring")
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "ring", "diamond", "hexagon")
 # Prototype hue (degrees), saturation and value of each colour name.
 COLOUR_HSV: dict[str, tuple[float, float, float]] = {
     "red": (0.0, 0.88, 0.88),
     "orange": (30.0, 0.90, 0.95),
-    "yellow": (56.0, 0.85, 0.95),
+    "yellow": (57.0, 0.85, 0.95),
     "green": (125.0, 0.80, 0.72),
     "cyan": (185.0, 0.85, 0.85),
     "blue": (228.0, 0.82, 0.88),
-    "purple": (280.0, 0.70, 0.78),
+    "purple": (278.0, 0.70, 0.80),
+    "pink": (325.0, 0.55, 0.95),
 }
 COLOURS: tuple[str, ...] = tuple(COLOUR_HSV)
-CLASSNAMES: tuple[str, ...] = tuple(f"{c} {s}" for c in COLOURS for s in SHAPES)
+# Fill patterns; a solid shape's class name does not mention its pattern ("red circle"), the way
+# people name plain things ("red striped circle" otherwise).
+PATTERNS: tuple[str, ...] = ("solid", "striped", "spotted", "checkered")
+
+
+def classname_of(colour: str, pattern: str, shape: str) -> str:
+    return f"{colour} {shape}" if pattern == "solid" else f"{colour} {pattern} {shape}"
+
+
+# Class id = (colour, pattern, shape) in row-major order.
+CLASS_ATTRS: tuple[tuple[str, str, str], ...] = tuple((c, p, s) for c in COLOURS for p in PATTERNS for s in SHAPES)
+CLASSNAMES: tuple[str, ...] = tuple(classname_of(*a) for a in CLASS_ATTRS)
 NUM_CLASSES = len(CLASSNAMES)
 
-STYLES: tuple[str, ...] = ("plain", "dim", "blurry", "striped", "dotted", "tinted")
-# The style of the downstream splits: the plain template "a photo of a {}." does not mention it.
-DOWNSTREAM_STYLE = "tinted"
+# Styles of a dataset split: "plain" (no conditions) or "field" (the downstream conditions).
+STYLES: tuple[str, ...] = ("plain", "field")
+DOWNSTREAM_STYLE = "field"
+CONDITIONS: tuple[str, ...] = ("tint", "blur", "dim", "clutter")
 
-# Tinted photos: hue rotation (degrees) and a warm light multiplying the channels.
+# Downstream ("field") condition strengths, each drawn uniformly per image: mild and continuous.
+FIELD_RANGES: dict[str, tuple[float, float]] = {
+    "tint": (0.5, 1.0),  # fraction of the full tint (TINT_HUE_DEGREES, TINT_LIGHT)
+    "blur": (0.55, 0.95),  # Gaussian sigma in pixels
+    "dim": (0.6, 0.8),  # brightness factor (1 = unchanged)
+    "clutter": (2.0, 4.0),  # number of background blobs (rounded)
+}
+# Pretraining: each condition is present with probability PRETRAIN_P_CONDITION at a strength from
+# these ranges, which cover the downstream ones with room on both sides.
+PRETRAIN_RANGES: dict[str, tuple[float, float]] = {
+    "tint": (0.2, 1.3),
+    "blur": (0.4, 1.4),
+    "dim": (0.35, 0.9),
+    "clutter": (1.0, 6.0),
+}
+PRETRAIN_P_CONDITION = 0.4
+
+# Full tint: hue rotation (degrees) and a warm light multiplying the channels.
 TINT_HUE_DEGREES = 14.0
-TINT_LIGHT = np.array([1.0, 0.86, 0.62], dtype=np.float32)
+TINT_LIGHT = np.array([1.0, 0.95, 0.88], dtype=np.float32)
 
-MAX_TILT = np.deg2rad(20.0)  # shapes are tilted by at most this much
+MAX_TILT = np.deg2rad(25.0)  # shapes are tilted by at most this much
 
 # Split streams: one id per split so that splits never share a generator state.
 _SPLIT_IDS = {"train": 1, "val": 2, "test": 3, "pretrain": 4}
 _SUPERSAMPLE = 2
 
 
-def class_index(colour: str, shape: str) -> int:
-    return COLOURS.index(colour) * len(SHAPES) + SHAPES.index(shape)
+def class_index(colour: str, shape: str, pattern: str = "solid") -> int:
+    return (COLOURS.index(colour) * len(PATTERNS) + PATTERNS.index(pattern)) * len(SHAPES) + SHAPES.index(shape)
 
 
-def split_classname(classname: str) -> tuple[str, str]:
-    """'red circle' -> ('red', 'circle'); a clear error for names outside this world."""
+def split_classname(classname: str) -> tuple[str, str, str]:
+    """'red circle' -> ('red', 'solid', 'circle'); 'red striped circle' -> ('red', 'striped', 'circle')."""
     parts = classname.strip().lower().split()
-    if len(parts) != 2 or parts[0] not in COLOUR_HSV or parts[1] not in SHAPES:
+    ok = len(parts) in (2, 3) and parts[0] in COLOUR_HSV and parts[-1] in SHAPES
+    if ok and len(parts) == 3:
+        ok = parts[1] in PATTERNS and parts[1] != "solid"
+    if not ok:
         raise ValueError(
-            f"unknown synthetic class name {classname!r}: expected '<colour> <shape>' with colour in "
-            f"{list(COLOURS)} and shape in {list(SHAPES)}"
+            f"unknown synthetic class name {classname!r}: expected '<colour> <shape>' or '<colour> <pattern> <shape>' "
+            f"with colour in {list(COLOURS)}, pattern in {list(PATTERNS[1:])} and shape in {list(SHAPES)}"
         )
-    return parts[0], parts[1]
+    return parts[0], (parts[1] if len(parts) == 3 else "solid"), parts[-1]
 
 
 def check_style(style: str) -> str:
     if style not in STYLES:
         raise ValueError(f"unknown synthetic style {style!r}: expected one of {list(STYLES)}")
     return style
+
+
+def downstream_classes(world_seed: int = 0, num_classes: int = 64) -> tuple[int, ...]:
+    """The class ids of the downstream datasets: a fixed random subset per world seed (sorted).
+
+    Pretraining sees all NUM_CLASSES classes; downstream cells use a subset so that prompt tuning
+    (one text-tower pass per class per step) stays cheap on a CPU.
+    """
+    if not 2 <= num_classes <= NUM_CLASSES:
+        raise ValueError(f"num_classes must be in 2..{NUM_CLASSES}, got {num_classes}")
+    if num_classes == NUM_CLASSES:
+        return tuple(range(NUM_CLASSES))
+    rng = np.random.default_rng([int(world_seed), 9_000_009])
+    return tuple(sorted(int(i) for i in rng.choice(NUM_CLASSES, size=num_classes, replace=False)))
 
 
 def _split_id(split: str) -> int:
@@ -79,7 +130,7 @@ def _split_id(split: str) -> int:
 
 
 def scene_rng(world_seed: int, split: str, index: int, stream: int = 0) -> np.random.Generator:
-    """The private generator of one image (stream 0: content, 1: style, 2+: free for callers)."""
+    """The private generator of one image (stream 0: content, 1: rendering, 2+: free for callers)."""
     if index < 0:
         raise ValueError(f"image index must be >= 0, got {index}")
     return np.random.default_rng([int(world_seed), _split_id(split), int(index), int(stream)])
@@ -89,11 +140,12 @@ def scene_rng(world_seed: int, split: str, index: int, stream: int = 0) -> np.ra
 class Scene:
     """Everything needed to render one image and to describe it in words."""
 
-    label: int
+    label: int  # global class id
     colour: str
+    pattern: str
     shape: str
-    style: str
-    rgb: tuple[float, float, float]  # fill colour before the style is applied
+    conditions: dict = field(hash=False)  # condition name -> strength, only the ones present
+    rgb: tuple[float, float, float]  # fill colour before the conditions
     radius: float  # pixels
     center: tuple[float, float]  # (x, y) in pixels
     angle: float  # radians
@@ -101,13 +153,13 @@ class Scene:
 
     @property
     def classname(self) -> str:
-        return f"{self.colour} {self.shape}"
+        return classname_of(self.colour, self.pattern, self.shape)
 
     @property
     def size_word(self) -> str:
-        if self.radius < 8.5:
+        if self.radius < 9.0:
             return "small"
-        if self.radius > 11.0:
+        if self.radius > 11.5:
             return "large"
         return "medium-sized"
 
@@ -122,41 +174,48 @@ class Scene:
 
     @property
     def apparent_colour(self) -> str:
-        """The colour name a viewer would give the shape as it looks after the style."""
-        if self.style != "tinted":
+        """The colour name a viewer would give the shape as it looks under the photo's tint."""
+        t = self.conditions.get("tint", 0.0)
+        if t <= 0:
             return self.colour
-        return nearest_colour_name(_tint_pixels(np.asarray(self.rgb, dtype=np.float32)[None])[0])
+        return nearest_colour_name(tint_pixels(np.asarray(self.rgb, dtype=np.float32)[None], t)[0])
 
 
-def label_of(index: int) -> int:
-    """Classes cycle with the index, so every split is balanced and labels need no rendering."""
-    return index % NUM_CLASSES
+def _draw_conditions(rng: np.random.Generator, style: str) -> dict:
+    if style == "field":
+        return {c: float(rng.uniform(*FIELD_RANGES[c])) for c in CONDITIONS}
+    if style == "plain":
+        return {}
+    if style == "pretrain":
+        out = {}
+        for c in CONDITIONS:
+            present = rng.random() < PRETRAIN_P_CONDITION
+            strength = float(rng.uniform(*PRETRAIN_RANGES[c]))  # drawn either way: fixed stream layout
+            if present:
+                out[c] = strength
+        return out
+    raise ValueError(f"unknown synthetic style {style!r}: expected one of {list(STYLES)} or 'pretrain'")
 
 
-def sample_scene(world_seed: int, split: str, index: int, style: str) -> Scene:
-    check_style(style)
+def sample_scene(world_seed: int, split: str, index: int, style: str, label: int) -> Scene:
+    """Scene `index` of `split`, showing class `label` (a global class id) under `style`'s conditions."""
+    if not 0 <= int(label) < NUM_CLASSES:
+        raise ValueError(f"class id must be in 0..{NUM_CLASSES - 1}, got {label}")
     rng = scene_rng(world_seed, split, index)
-    label = label_of(index)
-    colour, shape = COLOURS[label // len(SHAPES)], SHAPES[label % len(SHAPES)]
+    colour, pattern, shape = CLASS_ATTRS[int(label)]
     hue, sat, val = COLOUR_HSV[colour]
     hue = (hue + rng.uniform(-7.0, 7.0)) % 360.0
-    sat = float(np.clip(sat * rng.uniform(0.8, 1.1), 0.0, 1.0))
-    val = float(np.clip(val * rng.uniform(0.8, 1.08), 0.0, 1.0))
+    sat = float(np.clip(sat * rng.uniform(0.85, 1.1), 0.0, 1.0))
+    val = float(np.clip(val * rng.uniform(0.85, 1.06), 0.0, 1.0))
     rgb = colorsys.hsv_to_rgb(hue / 360.0, sat, val)
-    # Shapes stay roughly upright and not tiny: the task's difficulty is meant to come from the
-    # style (see module doc), and a CPU-sized CLIP learns upright shapes within its budget.
     radius = float(rng.uniform(8.5, 13.0))
     margin = radius + 1.0
     center = (float(rng.uniform(margin, IMAGE_SIZE - margin)), float(rng.uniform(margin, IMAGE_SIZE - margin)))
+    angle = float(rng.uniform(-MAX_TILT, MAX_TILT))
+    conditions = _draw_conditions(rng, style)
     return Scene(
-        label=label,
-        colour=colour,
-        shape=shape,
-        style=style,
-        rgb=tuple(float(x) for x in rgb),
-        radius=radius,
-        center=center,
-        angle=float(rng.uniform(-MAX_TILT, MAX_TILT)),
+        label=int(label), colour=colour, pattern=pattern, shape=shape, conditions=conditions,
+        rgb=tuple(float(x) for x in rgb), radius=radius, center=center, angle=angle,
         seed_words=(int(world_seed), _split_id(split), int(index)),
     )
 
@@ -189,7 +248,7 @@ def _hue_rotation_matrix(degrees: float) -> np.ndarray:
     c, s = np.cos(t), np.sin(t)
     k = 1.0 / 3.0
     sq = np.sqrt(k)
-    m = np.array(
+    return np.array(
         [
             [c + (1 - c) * k, k * (1 - c) - sq * s, k * (1 - c) + sq * s],
             [k * (1 - c) + sq * s, c + k * (1 - c), k * (1 - c) - sq * s],
@@ -197,15 +256,13 @@ def _hue_rotation_matrix(degrees: float) -> np.ndarray:
         ],
         dtype=np.float32,
     )
-    return m
 
 
-_TINT_MATRIX = (_hue_rotation_matrix(TINT_HUE_DEGREES).T * TINT_LIGHT[None, :]).astype(np.float32)
-
-
-def _tint_pixels(rgb: np.ndarray) -> np.ndarray:
-    """Tinted style on an (..., 3) float array: hue rotation, then a warm light, then a lift."""
-    return np.clip(rgb @ _TINT_MATRIX * 1.08 + 0.04, 0.0, 1.0)
+def tint_pixels(rgb: np.ndarray, strength: float) -> np.ndarray:
+    """A warm tint of `strength` (1 = full) on an (..., 3) float array: hue rotation, then warm light."""
+    light = 1.0 + strength * (TINT_LIGHT - 1.0)
+    m = (_hue_rotation_matrix(TINT_HUE_DEGREES * strength).T * light[None, :]).astype(np.float32)
+    return np.clip(rgb @ m * (1.0 + 0.06 * strength) + 0.03 * strength, 0.0, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,20 +310,56 @@ def _shape_inside(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         return np.sqrt(rho2) <= 0.42 + 0.58 * tri
     if shape == "cross":
         au, av = np.abs(u), np.abs(v)
-        return ((au <= 0.3) & (av <= 0.95)) | ((av <= 0.3) & (au <= 0.95))
+        return ((au <= 0.32) & (av <= 0.95)) | ((av <= 0.32) & (au <= 0.95))
     if shape == "ring":
         return (rho2 <= 1.0) & (rho2 >= 0.3)
+    if shape == "diamond":
+        return np.abs(u) / 0.75 + np.abs(v) <= 1.0
+    if shape == "hexagon":
+        # Regular hexagon with circumradius 0.95: three pairs of half-planes at the apothem.
+        inside = np.ones_like(u, dtype=bool)
+        for k in range(3):
+            phi = np.pi / 6 + np.pi * k / 3
+            inside &= np.abs(u * np.cos(phi) + v * np.sin(phi)) <= 0.95 * np.sqrt(3) / 2
+        return inside
     raise ValueError(f"unknown shape {shape!r}; expected one of {list(SHAPES)}")
+
+
+def _shape_frame(scene: Scene, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    c, s = np.cos(scene.angle), np.sin(scene.angle)
+    dx, dy = x - scene.center[0], y - scene.center[1]
+    return (c * dx + s * dy) / scene.radius, (-s * dx + c * dy) / scene.radius
 
 
 def shape_alpha(scene: Scene) -> np.ndarray:
     """Anti-aliased coverage (32x32 in [0, 1]) of the scene's shape, by 2x2 supersampling."""
-    c, s = np.cos(scene.angle), np.sin(scene.angle)
-    dx, dy = _SUB_X - scene.center[0], _SUB_Y - scene.center[1]
-    u = (c * dx + s * dy) / scene.radius
-    v = (-s * dx + c * dy) / scene.radius
+    u, v = _shape_frame(scene, _SUB_X, _SUB_Y)
     inside = _shape_inside(scene.shape, u, v).astype(np.float32)
     return inside.reshape(IMAGE_SIZE, _SUPERSAMPLE, IMAGE_SIZE, _SUPERSAMPLE).mean(axis=(1, 3))
+
+
+def pattern_marks(scene: Scene, rng: np.random.Generator) -> np.ndarray:
+    """Where the fill pattern darkens the shape (32x32 in [0, 1]; zeros for a solid shape)."""
+    if scene.pattern == "solid":
+        return np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+    # In pixels, in the shape's rotated frame, so the pattern turns with the shape.
+    c, s = np.cos(scene.angle), np.sin(scene.angle)
+    dx, dy = _SUB_X - scene.center[0], _SUB_Y - scene.center[1]
+    u, v = c * dx + s * dy, -s * dx + c * dy
+    if scene.pattern == "striped":
+        period = rng.uniform(4.0, 5.0)
+        m = np.mod(u / period + rng.uniform(), 1.0) < 0.45
+    elif scene.pattern == "spotted":
+        spacing = rng.uniform(4.2, 5.0)
+        fu = np.mod(u + rng.uniform(0, spacing), spacing) - spacing / 2
+        fv = np.mod(v + rng.uniform(0, spacing), spacing) - spacing / 2
+        m = fu * fu + fv * fv <= rng.uniform(1.2, 1.45) ** 2
+    elif scene.pattern == "checkered":
+        cell = rng.uniform(2.6, 3.2)
+        m = (np.floor(u / cell + rng.uniform()) + np.floor(v / cell + rng.uniform())) % 2 == 0
+    else:
+        raise ValueError(f"unknown pattern {scene.pattern!r}; expected one of {list(PATTERNS)}")
+    return m.astype(np.float32).reshape(IMAGE_SIZE, _SUPERSAMPLE, IMAGE_SIZE, _SUPERSAMPLE).mean(axis=(1, 3))
 
 
 def _background(rng: np.random.Generator) -> np.ndarray:
@@ -279,22 +372,15 @@ def _background(rng: np.random.Generator) -> np.ndarray:
     return (base[None, None, :] + lum[:, :, None]).astype(np.float32)
 
 
-def _pattern(style: str, rng: np.random.Generator) -> np.ndarray | None:
-    """Luminance offsets (32x32) of a striped or dotted background, else None."""
-    if style == "striped":
-        theta = rng.uniform(0, np.pi)
-        period = rng.uniform(4.0, 7.0)
-        phase = np.cos(theta) * _PIX_X + np.sin(theta) * _PIX_Y
-        stripes = (np.mod(phase / period + rng.uniform(), 1.0) < 0.5).astype(np.float32)
-        return (stripes - 0.5) * rng.choice([-1.0, 1.0]) * rng.uniform(0.25, 0.4)
-    if style == "dotted":
-        spacing = rng.uniform(4.5, 7.0)
-        ox, oy = rng.uniform(0, spacing, size=2)
-        fx = np.mod(_PIX_X - ox, spacing) - spacing / 2
-        fy = np.mod(_PIX_Y - oy, spacing) - spacing / 2
-        dots = (fx * fx + fy * fy <= rng.uniform(1.0, 1.7) ** 2).astype(np.float32)
-        return dots * rng.choice([-1.0, 1.0]) * rng.uniform(0.25, 0.4)
-    return None
+def _clutter(img: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """`n` small, muted blobs on the background (drawn before the shape, so they never hide it)."""
+    for _ in range(n):
+        cx, cy = rng.uniform(0, IMAGE_SIZE, size=2)
+        r = rng.uniform(1.3, 2.6)
+        rgb = np.asarray(colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0.1, 0.3), rng.uniform(0.25, 0.85)), dtype=np.float32)
+        a = np.clip(r + 0.5 - np.sqrt((_PIX_X - cx) ** 2 + (_PIX_Y - cy) ** 2), 0.0, 1.0)[:, :, None]
+        img = img * (1 - a) + rgb[None, None, :] * a
+    return img
 
 
 def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
@@ -309,30 +395,33 @@ def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
 def render_scene(scene: Scene) -> np.ndarray:
     """The scene as a (32, 32, 3) uint8 array."""
     rng = np.random.default_rng([*scene.seed_words, 1])
+    cond = scene.conditions
     img = _background(rng)
-    pattern = _pattern(scene.style, rng)
-    if pattern is not None:
-        img = img + pattern[:, :, None]
+    n_clutter = int(round(cond.get("clutter", 0.0)))
+    if n_clutter:
+        img = _clutter(img, n_clutter, rng)
     alpha = shape_alpha(scene)[:, :, None]
-    # A soft light across the shape so it is not a flat stamp.
+    marks = pattern_marks(scene, rng)
+    # A soft light across the shape so it is not a flat stamp; pattern marks are a darker shade of the fill.
     shade = 1.0 + rng.uniform(0.0, 0.12) * np.cos(rng.uniform(0, 2 * np.pi) - np.arctan2(_PIX_Y - 16, _PIX_X - 16))
+    shade = shade * (1.0 - 0.55 * marks)
     fill = np.asarray(scene.rgb, dtype=np.float32)[None, None, :] * shade[:, :, None]
     img = img * (1.0 - alpha) + fill * alpha
-    if scene.style == "dim":
-        img = img * rng.uniform(0.3, 0.45)
-    elif scene.style == "blurry":
-        img = _blur(img, rng.uniform(0.9, 1.4))
-    elif scene.style == "tinted":
-        img = _tint_pixels(img)
+    if "tint" in cond:
+        img = tint_pixels(img, cond["tint"])
+    if "blur" in cond:
+        img = _blur(img, cond["blur"])
+    if "dim" in cond:
+        img = img * cond["dim"] + 0.04 * (1 - cond["dim"])  # darker and a little flatter
     noise = rng.normal(0.0, rng.uniform(0.01, 0.035), size=img.shape)
     img = np.clip(img + noise, 0.0, 1.0)
     return (img * 255.0 + 0.5).astype(np.uint8)
 
 
-def render(world_seed: int, split: str, index: int, style: str) -> np.ndarray:
-    """Image `index` of `split` in `style` as a (32, 32, 3) uint8 array."""
-    return render_scene(sample_scene(world_seed, split, index, style))
+def render(world_seed: int, split: str, index: int, style: str, label: int) -> np.ndarray:
+    """Image `index` of `split` in `style`, showing global class `label`, as a (32, 32, 3) uint8 array."""
+    return render_scene(sample_scene(world_seed, split, index, style, label))
 
 
-def render_pil(world_seed: int, split: str, index: int, style: str) -> Image.Image:
-    return Image.fromarray(render(world_seed, split, index, style), mode="RGB")
+def render_pil(world_seed: int, split: str, index: int, style: str, label: int) -> Image.Image:
+    return Image.fromarray(render(world_seed, split, index, style, label), mode="RGB")
