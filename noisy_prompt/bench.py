@@ -266,8 +266,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--precision", default="32", choices=sorted(PRECISIONS))
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--steps", type=int, nargs="+", default=None)
-    p.add_argument("--dassl-steps", type=int, default=None, help="prompt: timed steps of the (slow) dassl path")
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--dassl-steps", type=int, default=None,
+                   help="prompt: timed steps of the (slow) dassl path (default: --steps on CUDA, 1 on CPU)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 1 on CUDA, 0 on CPU)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args, rest = p.parse_known_args(argv)
     if args.method == "gpu":
@@ -278,7 +279,12 @@ def main(argv: list[str] | None = None) -> None:
     if rest:
         p.error(f"unrecognized arguments: {' '.join(rest)}")
     print(f"device={args.device} torch threads={torch.get_num_threads()}")
+    on_cpu = torch.device(args.device).type == "cpu"
+    if args.warmup is None:
+        args.warmup = 0 if on_cpu else 1
     if args.method == "prompt":
+        if args.dassl_steps is None and on_cpu:
+            args.dassl_steps = 1  # one dassl step at C=102 is minutes on a 2-core CPU
         args.backbones = args.backbones or ["vit_b32", "rn50"]
         args.classes = args.classes or [37, 102, 1000]
         args.subset = 102 if args.subset is None else args.subset
