@@ -14,10 +14,11 @@ def test_class_names_subset_is_a_prefix_of_the_full_draw():
 
 
 def test_rescale_keeps_fixed_image_time():
-    m = bench.Measure(step_s=3.0, mem_mb=10.0, memory_kind="x")
-    r = {"C": 10, "S": 10, "t_img": 1.0, "paths": {"dassl": m, "prefix": m}}
+    m = bench.Measure(step_s=3.0, mem_mb=10.0, memory_kind="x", cpu_s=2.0)
+    r = {"C": 10, "S": 10, "t_img": 1.0, "c_img": 0.5, "paths": {"dassl": m, "prefix": m}}
     out = bench.rescale(r, 100)
     assert out["paths"]["dassl"].step_s == pytest.approx(1.0 + 2.0 * 10)
+    assert out["paths"]["dassl"].cpu_s == pytest.approx(0.5 + 1.5 * 10)
     assert out["paths"]["prefix"].step_s == pytest.approx(30.0)
     assert out["paths"]["prefix"].mem_mb == pytest.approx(100.0)
 
@@ -37,9 +38,10 @@ def test_prompt_bench_cpu_smoke(capsys):
                 "--warmup", "0", "--device", "cpu"])
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("synthetic ")]
-    assert len(rows) == 2, out
+    assert len(rows) == 4, out  # two rows in the wall table, two in the CPU-time table
     assert "C=8 run on a subset of S=4 classes" in out
     assert all(re.search(r"\d+\.\d+x\s+\d+\.\d+x$", r) for r in rows), rows
+    assert "[process CPU seconds per step]" in out and "[wall seconds per step]" in out
 
 
 @pytest.mark.slow
