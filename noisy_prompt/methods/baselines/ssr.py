@@ -86,7 +86,7 @@ class SSR(BaselineModule):
         score = vote.gather(1, given[:, None]).squeeze(1) / vote.max(dim=1).values.clamp_min(1e-30)
         v = Verdicts(self.current_epoch, given, true, clean_mask, score, working,
                      torch.where(relabelled, probs.max(dim=1).values, vote.gather(1, working[:, None]).squeeze(1)))
-        extra = {"num_relabelled": float(relabelled.sum())}
+        extra = {"num_relabelled": float(relabelled.sum()), "k": float(self.knn_k)}
         if true is not None:
             extra["relabel_acc"] = float((working[relabelled] == true[relabelled]).float().mean()) if relabelled.any() else 0.0
         return v, extra
@@ -182,7 +182,7 @@ class LSL(SSR):
         self.structural, received = core.structural_labels(self.epoch_feats, self.working, self.num_classes,
                                                            self.k_st, self.block_size)
         self.epoch_feats = None
-        extra["num_no_structural"] = float((received == 0).sum())
+        extra["num_no_structural"], extra["k_st"] = float((received == 0).sum()), float(self.k_st)
         if v.true is not None:
             extra["structural_acc"] = float((self.structural.argmax(1) == v.true).float().mean())
         return v, extra
