@@ -9,8 +9,8 @@ in (or is skipped because of) the dir of the preset:
     <log_dir>/<sweep>/<model>/<data>/<noise>/<backbone>/seed<k>                      (no settings)
     <log_dir>/<sweep>/<model>/<data>/<noise>/<backbone>/seed<k>__<k=v,...>__<hash8>  (with settings)
 
-The readable middle part is cut at `TAG_CHARS` characters; the hash (of the full sorted list) keeps
-dirs distinct. A finished cell (results.json) is reused only when its stored config hash equals the
+The readable middle part (last key components, e.g. `lr=0.5`) is cut at `TAG_CHARS` characters; the
+hash (of the full sorted keys and values) keeps dirs distinct. A finished cell (results.json) is reused only when its stored config hash equals the
 new run's: a changed preset (an edited yaml) stops with `StaleCellError` naming the keys that differ.
 
 This module is the only writer and reader of results.json and failed.json, and owns the per-cell lock.
@@ -48,7 +48,7 @@ _NON_RESULT_EXACT = {"cell", "run_dir", "force", "figures", "data_dir", "log_dir
                      "trainer.num_sanity_val_steps", "trainer.sync_batchnorm", "model.block_size",
                      "model.anchors.encode_batch_size"}
 _NON_RESULT_PREFIXES = ("paths.", "logger.", "callbacks.", "hydra.", "debug.")
-TAG_CHARS = 80
+TAG_CHARS = 120
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+\-]")
 
 
@@ -114,10 +114,13 @@ def settings_hash(settings: Mapping[str, str]) -> str:
 
 
 def settings_tag(settings: Mapping[str, str]) -> str:
-    """'' for the preset, else `__<readable k=v list>__<hash8>` (appended to `seed<k>`)."""
+    """'' for the preset, else `__<readable k=v list>__<hash8>` (appended to `seed<k>`).
+
+    The readable part names each setting by the last component of its key (`model.optim.lr=0.5` ->
+    `lr=0.5`) to stay short; the hash covers the full keys and values, and results.json has them."""
     if not settings:
         return ""
-    readable = _UNSAFE.sub("_", ",".join(f"{k}={v}" for k, v in sorted(settings.items())))
+    readable = _UNSAFE.sub("_", ",".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in sorted(settings.items())))
     if len(readable) > TAG_CHARS:
         readable = readable[:TAG_CHARS] + "..."
     return f"__{readable}__{settings_hash(settings)}"

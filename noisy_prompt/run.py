@@ -17,6 +17,7 @@ log = logging.getLogger("noisy_prompt.run")
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="run")
 def main(cfg: DictConfig) -> float | None:
+    from noisy_prompt.cell import CellLockedError
     from noisy_prompt.ddp_guard import check_strategy
     from noisy_prompt.task import run_cell
 
@@ -26,6 +27,12 @@ def main(cfg: DictConfig) -> float | None:
         cfg.run_dir = str(run_dir)
     try:
         results = run_cell(cfg, run_dir)
+    except CellLockedError:
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise
+        # Another process is running this very cell (its result will be there): not a failure of it.
+        log.exception("cell %s is being run by another process; skipped here", cfg.cell)
+        return None
     except Exception:
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             raise

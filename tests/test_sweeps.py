@@ -650,5 +650,5 @@ def test_sensitivity_sweeps_give_one_dir_per_setting_and_run_on_the_synthetic_wo
             rec = CellId.from_config(cfg).to_record()
             (key, value), _seed = cell.assignment
             assert rec["settings"] == {key: str(value)} and rec["backbone"] == backbone
-            assert f"{key}={value}" in Path(cfg.run_dir).name
+            assert f"__{key.rsplit('.', 1)[-1]}={value}__" in Path(cfg.run_dir).name
             assert Path(cfg.run_dir) == dirs[cell].run_dir
