@@ -41,13 +41,13 @@ _CELL_OVERRIDES = {"model", "data", "noise", "backbone", "seed", "sweep", "train
 # Overrides that change where/how a run is stored, logged or placed on hardware, not its numbers.
 # Everything else counts as a setting (when unsure, a new dir is the safe side: never a stale number).
 _NON_RESULT_EXACT = {"cell", "run_dir", "force", "figures", "data_dir", "log_dir", "cache_dir", "lock_wait_s",
-                     "allow_synthetic_backbone", "trainer", "logger", "callbacks", "paths", "hydra", "debug",
+                     "allow_synthetic_backbone", "trainer", "logger", "callbacks", "paths", "hydra",
                      "data.num_workers", "data.cache_dir", "data.data_dir", "data.eval_batch_size", "data.device",
                      "trainer.accelerator", "trainer.devices", "trainer.strategy", "trainer.num_nodes",
                      "trainer.log_every_n_steps", "trainer.enable_progress_bar", "trainer.enable_model_summary",
                      "trainer.num_sanity_val_steps", "trainer.sync_batchnorm", "model.block_size",
                      "model.anchors.encode_batch_size"}
-_NON_RESULT_PREFIXES = ("paths.", "logger.", "callbacks.", "hydra.", "debug.")
+_NON_RESULT_PREFIXES = ("paths.", "logger.", "callbacks.", "hydra.")
 TAG_CHARS = 120
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+\-]")
 
