@@ -248,3 +248,18 @@ def test_trainer_max_epochs_drives_the_lr_schedule(tiny_backbone):
         max_epochs_of(_compose(["model.max_epochs=4", "trainer.max_epochs=6"]))
     with pytest.raises(ValueError, match="model.max_epochs=<n>"):
         max_epochs_of(_compose(["trainer.max_epochs=null"], hydra_node=False))
+
+
+def test_in_memory_arrays_are_keyed_by_their_source_file(tmp_path):
+    import os
+
+    from noisy_prompt.data.readers import fulldata
+
+    root = ft.write_cifar100(tmp_path / "data")
+    split = fulldata.read_cifar100(root).train
+    before = split.identity(0)
+    pickle_file = root / "cifar-100-python" / "train"
+    st = pickle_file.stat()
+    os.utime(pickle_file, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the pickle replaced in place
+    after = fulldata.read_cifar100(root).train.identity(0)
+    assert before != after and before.split("|")[0] == after.split("|")[0]

@@ -101,7 +101,8 @@ class ImageSplit:
         """Cache identity of item i: its key plus, for a file, the file's resolved path, size and mtime."""
         item = self.items[i]
         if not is_file_item(item):
-            return self.keys[i]
+            source = getattr(self.loader, "source", None)  # an in-memory array read from a file (CIFAR)
+            return self.keys[i] if source is None else f"{self.keys[i]}|{file_identity(source)}"
         try:
             return f"{self.keys[i]}|{file_identity(item)}"
         except FileNotFoundError:

@@ -57,10 +57,13 @@ class ArrayImageLoader:
     stays public: pixel-based noise generators can read the raw array directly.
     """
 
-    def __init__(self, images: np.ndarray):
+    def __init__(self, images: np.ndarray, source: str | Path | None = None):
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"ArrayImageLoader: expected uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
         self.images = images
+        # The file the array was read from: part of each item's feature-cache identity, so a pickle
+        # replaced in place is re-encoded (ImageSplit.identity).
+        self.source = None if source is None else str(source)
 
     def __call__(self, index: int) -> Image.Image:
         return Image.fromarray(self.images[int(index)]).convert("RGB")
@@ -94,7 +97,7 @@ def _cifar_part(data_root: Path, name: str, classnames: list[str]) -> ImageSplit
         items=list(range(len(labels))),
         labels=labels,
         classnames=classnames,
-        loader=ArrayImageLoader(images),
+        loader=ArrayImageLoader(images, source=path),
         keys=[f"{CIFAR_DIR}/{name}/{i}" for i in range(len(labels))],
     )
 
