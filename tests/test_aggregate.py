@@ -23,7 +23,7 @@ from noisy_prompt.reporting.aggregate import (
     load_runs,
     main,
 )
-from noisy_prompt.reporting.tables import TABLES, get_table, load_paper_numbers, read_paper_csv
+from noisy_prompt.reporting.tables import TABLES, TANGO_EXTRA_ROWS, get_table, load_paper_numbers, read_paper_csv
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -201,8 +201,28 @@ def test_run_without_the_metric_is_not_counted(tmp_path):
     assert sum("none reports 'test/acc_best'" in w for w in table.warnings) == 2
 
 
-def test_paper_only_rows_show_paper_numbers(tmp_path):
+def test_tango_baseline_rows_print_beside_the_paper(tmp_path):
+    write_run(tmp_path, "s", model="ssr", data="cifar100", noise="sym40", seed=1,
+              metrics={"test/acc_best": 86.0}, backbone="vit_b16")
+    write_run(tmp_path, "f", model="ft_ce", data="cifar100", noise="sym40", seed=1,
+              metrics={"test/acc_best": 80.0}, backbone="vit_b16")
     table = aggregate(tmp_path, "tango_table1")
+    assert table.row_labels == [("ft_ce",), ("dividemix",), ("ssr",), ("lsl",), ("deft",), ("tango",)]
+    md = table.to_markdown()
+    assert "| 86.00 (n=1) · paper 86.34 · Δ −0.34 |" in md_row(md, "ssr")
+    assert table.cell("dividemix", "sym40").status == MISSING
+    assert "— · paper 87.50" in md_row(md, "dividemix")
+    assert "| 80.00 (n=1) |" in md_row(md, "ft_ce") and "paper" not in md_row(md, "ft_ce")  # no paper row
+    assert aggregate(tmp_path, "tango_table2").row_labels == [("ft_ce",), ("ssr",), ("lsl",), ("deft",), ("tango",)]
+
+
+def test_paper_only_rows_show_paper_numbers(tmp_path):
+    from dataclasses import replace
+
+    from noisy_prompt.reporting.tables import RowSpec
+
+    spec = get_table("tango_table1")  # a row with match=None: the paper has it, this project does not run it
+    table = aggregate(tmp_path, replace(spec, rows=(RowSpec(("dividemix",), None), *spec.rows[2:])))
     assert table.row_labels[0] == ("dividemix",)
     assert table.cell("dividemix", "sym40").status == NOT_RUN
     row = md_row(table.to_markdown(), "dividemix")
@@ -280,7 +300,9 @@ def test_spec_labels_match_paper_csv(name):
     header, body = read_paper_csv(spec.paper_csv)
     assert header == [*spec.row_key_names, *(c.label for c in spec.columns)]
     k = len(spec.row_key_names)
-    assert [tuple(r[:k]) for r in body] == [row.labels for row in spec.rows]
+    # rows of ours with no paper number (ft_ce, the CE floor) aside, the rows are the paper's, in its order
+    extra = {(m,) for m in TANGO_EXTRA_ROWS}
+    assert [tuple(r[:k]) for r in body] == [row.labels for row in spec.rows if row.labels not in extra]
     numbers = load_paper_numbers(spec)
     assert all(len(v) == len(spec.columns) for v in numbers.values())
     for row in spec.rows:  # every filter composes without a row/column conflict
