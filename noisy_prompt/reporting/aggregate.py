@@ -9,6 +9,7 @@ Each printed cell is mean ± sample std (ddof=1) over seeds, with n, the paper's
 Δ = ours − paper. Missing cells print "—" (never 0), failed cells print "failed".
 
 CLI: python -m noisy_prompt.aggregate <root> --table dpsep_table1 [--format md|csv|latex] [--out FILE]
+     python -m noisy_prompt.aggregate <root> --label-issues [--format md|csv]   (or --table label_issues)
      python -m noisy_prompt.aggregate <root> --by model.lam [--by model.sigma ...] [--metric test/acc] [--plot-dir DIR]
 """
 from __future__ import annotations
@@ -508,6 +509,164 @@ def _with_key(run: RunRecord, key: CellKey) -> RunRecord:
 
 
 # --------------------------------------------------------------------------------------------------
+# Label-issue comparison: how well each method's clean verdicts find the samples whose label is right
+
+# The methods that decide clean vs noisy (TANGO and the baselines of its tables), in print order.
+LABEL_ISSUE_METHODS: tuple[str, ...] = ("tango", "ssr", "lsl", "dividemix", "deft")
+# (column label, key of a per-epoch record in results.json["purification"], fallback metric in
+# results.json["metrics"]); the records store fractions, the table prints %.
+LABEL_ISSUE_STATS: tuple[tuple[str, str, str | None], ...] = (
+    ("true_clean", "noisy_label_acc", None),  # share of given labels that are right: the noise cell's truth
+    ("selected", "clean_fraction", "purify/clean_fraction_last"),
+    ("precision", "precision", "purify/precision_last"),
+    ("recall", "recall", "purify/recall_last"),
+    ("suggested_acc", "soft_label_acc", "purify/soft_label_acc_last"),  # where a method suggests labels
+)
+LABEL_ISSUE_TABLE = "label_issues"
+
+
+@dataclass
+class LabelIssueGroup:
+    """One method on one noise cell: the last-epoch verdict stats of each seed."""
+
+    method: str
+    cell: CellKey  # the cell with model="" (data, noise, backbone, train_data, settings)
+    seeds: list[int] = field(default_factory=list)
+    values: dict[str, list[float]] = field(default_factory=dict)  # column label -> one value per seed that has it
+    epochs: list[int] = field(default_factory=list)  # the epoch of each seed's last record
+
+    def stat(self, column: str) -> tuple[float | None, float | None, int]:
+        vals = self.values.get(column, [])
+        if not vals:
+            return None, None, 0
+        return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None), len(vals)
+
+
+@dataclass
+class LabelIssueTable:
+    root: Path
+    groups: list[LabelIssueGroup]
+    warnings: list[str] = field(default_factory=list)
+
+    def group(self, method: str, **cell: str) -> LabelIssueGroup:
+        hits = [g for g in self.groups if g.method == method and all(getattr(g.cell, k) == v for k, v in cell.items())]
+        if len(hits) != 1:
+            raise KeyError(f"label_issues: {len(hits)} groups match method={method!r} {cell}")
+        return hits[0]
+
+    def render(self, fmt: str = "md") -> str:
+        if fmt == "csv":
+            return self.to_csv()
+        if fmt == "md":
+            return self.to_markdown()
+        raise ValueError(f"the label-issue table is written as md or csv, not {fmt!r}")
+
+    def to_markdown(self) -> str:
+        cols = [c for c, _, _ in LABEL_ISSUE_STATS]
+        lines = [f"### {LABEL_ISSUE_TABLE}: clean-sample detection at the last epoch (%)", "",
+                 "| data | noise | backbone | settings | method | n | " + " | ".join(cols) + " |",
+                 "|---|---|---|---|---|:---:|" + "|".join([":---:"] * len(cols)) + "|"]
+        for g in self.groups:
+            texts = []
+            for c in cols:
+                mean, std, n = g.stat(c)
+                if mean is None:
+                    texts.append(DASH)
+                    continue
+                text = f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
+                texts.append(text + (f" (n={n})" if n != len(g.seeds) else ""))
+            k = g.cell
+            lines.append("| " + " | ".join([k.data, k.noise, str(k.backbone), k.settings_label() or DASH, g.method,
+                                            str(len(g.seeds)), *texts]) + " |")
+        lines += ["", "Per method and noise cell, the clean/noisy verdicts of each run's last per-epoch record "
+                      "(results.json \"purification\"; DeFT: its phase-1 detector), mean ± sample std (ddof=1) "
+                      "over n seeds: true_clean = share of given labels that are right, selected = share judged "
+                      "clean, precision / recall of the clean verdicts against the right labels, suggested_acc = "
+                      f"accuracy of the method's suggested labels. {DASH} = not reported (true labels unknown, "
+                      "or the method suggests no labels)."]
+        return "\n".join(lines) + "\n"
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        cols = [c for c, _, _ in LABEL_ISSUE_STATS]
+        writer.writerow(["data", "noise", "backbone", "train_data", "settings", "method", "n", "seeds",
+                         *(c + f for c in cols for f in ("", "_std", "_n"))])
+        for g in self.groups:
+            k = g.cell
+            row = [k.data, k.noise, k.backbone or "", k.train_data, k.settings_label(), g.method, len(g.seeds),
+                   " ".join(map(str, g.seeds))]
+            for c in cols:
+                mean, std, n = g.stat(c)
+                row += [_num(mean), _num(std), n]
+            writer.writerow(row)
+        return buf.getvalue()
+
+
+def _last_verdict_record(run: RunRecord) -> tuple[dict[str, Any] | None, str | None]:
+    """(the run's last per-epoch verdict record, why there is none). Falls back to the `purify/*_last` metrics
+    (which lack the true clean share) when results.json has no "purification" list."""
+    from noisy_prompt.cell import read_json
+
+    try:
+        history = read_json(run.path).get("purification")
+    except (OSError, ValueError) as err:
+        return None, f"cannot read {run.path}: {err}"
+    if history is not None:
+        if not isinstance(history, list) or not all(isinstance(r, Mapping) for r in history):
+            return None, f"{run.path}: 'purification' must be a list of per-epoch objects"
+        if history:
+            return dict(history[-1]), None
+    fallback = {key: run.metrics[metric] for _, key, metric in LABEL_ISSUE_STATS if metric and metric in run.metrics}
+    if fallback:
+        return fallback, None
+    return None, f"{run.path}: no per-epoch clean verdicts (results.json has no 'purification' records)"
+
+
+def label_issue_table(loaded: LoadedRuns, methods: Sequence[str] = LABEL_ISSUE_METHODS, *,
+                      backbone: str | None = None) -> LabelIssueTable:
+    """Per method (in `methods` order) x noise cell: precision / recall of the clean verdicts, the share judged
+    clean, the accuracy of suggested labels, beside the true clean share; from each successful run's last
+    per-epoch record. Runs of other models are ignored; failed runs are listed in the warnings."""
+    groups: dict[tuple[str, CellKey], LabelIssueGroup] = {}
+    table = LabelIssueTable(root=loaded.root, groups=[], warnings=list(loaded.warnings))
+    for run in loaded.runs:
+        if run.key.model not in methods or (backbone is not None and run.key.backbone != backbone):
+            continue
+        cell = replace_model(run.key, "")
+        if not run.ok:
+            table.warnings.append(f"{run.key.label()} seed {run.seed} failed: {_first_line(run.error)}")
+            continue
+        group = groups.setdefault((run.key.model, cell), LabelIssueGroup(method=run.key.model, cell=cell))
+        record, why = _last_verdict_record(run)
+        if record is None:
+            table.warnings.append(str(why))
+            continue
+        group.seeds.append(run.seed)
+        if isinstance(record.get("epoch"), (int, float)):
+            group.epochs.append(int(record["epoch"]))
+        for column, key, _ in LABEL_ISSUE_STATS:
+            value = record.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                group.values.setdefault(column, []).append(float(value))
+    rank = {m: i for i, m in enumerate(methods)}
+    # one block per noise cell (noises in NOISE_ORDER), the methods in `methods` order inside it
+    table.groups = sorted((g for g in groups.values() if g.seeds),
+                          key=lambda g: (g.cell.data, g.cell.backbone or "", g.cell.train_data,
+                                         _order_key(NOISE_ORDER)(g.cell.noise), g.cell.settings, rank[g.method]))
+    for g in groups.values():
+        if not g.seeds:
+            table.warnings.append(f"label_issues: {g.method} on {g.cell.data}/{g.cell.noise}: no run with verdicts")
+    if not table.groups:
+        table.warnings.append(f"label_issues: no run of {', '.join(methods)} with clean verdicts under {loaded.root}")
+    return table
+
+
+def replace_model(key: CellKey, model: str) -> CellKey:
+    return CellKey(model, key.data, key.noise, key.backbone, key.train_data, key.settings)
+
+
+# --------------------------------------------------------------------------------------------------
 # CLI
 
 
@@ -528,7 +687,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metric", default="test/acc", help="metric of the --by tables (default test/acc)")
     parser.add_argument("--plot-dir", type=Path, default=None,
                         help="where the --by line plots go (default: the results root)")
+    parser.add_argument("--label-issues", action="store_true",
+                        help=f"the label-issue comparison table (same as --table {LABEL_ISSUE_TABLE}): precision/recall "
+                             f"of the clean verdicts of {', '.join(LABEL_ISSUE_METHODS)} per noise cell (md or csv)")
     return parser
+
+
+def _main_label_issues(args) -> int:
+    if args.format == "latex":
+        print("error: the label-issue table is written as md or csv, not latex", file=sys.stderr)
+        return 2
+    try:
+        loaded = load_runs(args.root)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    table = label_issue_table(loaded, backbone=args.backbone)
+    text = table.render(args.format)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    for note in loaded.notes:
+        print(f"note: {note}", file=sys.stderr)
+    warnings = list(dict.fromkeys(table.warnings))
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 1 if (args.strict and warnings) else 0
 
 
 def _main_by(args) -> int:
@@ -560,7 +746,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.list:
         for name, spec in TABLES.items():
             print(f"{name}\t{spec.title}")
+        print(f"{LABEL_ISSUE_TABLE}\tclean-sample detection of {', '.join(LABEL_ISSUE_METHODS)} (or --label-issues)")
         return 0
+    if args.label_issues or args.table == LABEL_ISSUE_TABLE:
+        if args.root is None:
+            parser.error("--label-issues needs a results root")
+        if args.label_issues and args.table not in (None, LABEL_ISSUE_TABLE):
+            parser.error(f"--label-issues is its own table; drop --table {args.table}")
+        return _main_label_issues(args)
     if args.root is not None and args.by and args.table is None:
         return _main_by(args)
     if args.root is None or args.table is None:
