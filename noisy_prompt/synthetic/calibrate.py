@@ -155,12 +155,13 @@ class Cell:
 def plan(seeds: Sequence[int], threads: int, thread_check: bool = True) -> list[Cell]:
     cells = [Cell("zeroshot", "synthetic", "clean", 1, threads),
              Cell("zeroshot", "synthetic", "clean", 1, threads, (f"+data.templates=['{SHIFT_TEMPLATE}']",), "shift")]
-    for s in seeds:
+    # Seed by seed (cells run in this order), so an interrupted calibration has whole seeds to report.
+    for i, s in enumerate(seeds):
         for model in ("coop", "ptnl"):
             cells += [Cell(model, "synthetic", n, s, threads) for n in PROMPT_NOISES]
         cells += [Cell("ft_ce", "synthetic_full", n, s, threads) for n in FT_NOISES]
-    if thread_check:  # the spec's float-summation-order diagnostic: the same cell with the other thread count
-        cells.append(Cell("coop", "synthetic", "clean", seeds[0], 2 if threads == 1 else 1))
+        if i == 0 and thread_check:  # the spec's float-summation-order diagnostic: the other thread count
+            cells.append(Cell("coop", "synthetic", "clean", s, 2 if threads == 1 else 1))
     return cells
 
 

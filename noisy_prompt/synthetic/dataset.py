@@ -12,7 +12,7 @@ from .world import CLASSNAMES, DOWNSTREAM_STYLE, check_style, downstream_classes
 
 # Bump when the renderer changes what an (index, style, seed, class) looks like: keys carry it, so
 # cached features of old images are never reused.
-RENDER_VERSION = "synthetic-v2"
+RENDER_VERSION = "synthetic-v3"
 # Sentences per class published as the dataset's class descriptions (TANGO's K).
 NUM_DESCRIPTIONS = 40
 
