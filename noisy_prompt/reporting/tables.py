@@ -302,6 +302,8 @@ SYNTHETIC_TANGO = TableSpec(
         RowSpec(("zeroshot",), {"model": "zeroshot", "data": SYNTHETIC_TANGO_DATA}, metric=ACC),
         *_model_rows(("tango_linear_visual", "tango_visual_only", "tango_semantic_only", "tango"),
                      data=SYNTHETIC_TANGO_DATA),
+        # the baselines of TANGO's tables beside it (issue 11's evidence: sym40 and sym60)
+        *_model_rows(("ft_ce", *TANGO_BASELINES), data=SYNTHETIC_TANGO_DATA),
     ),
     columns=_noise_columns(("sym40", "sym60", "inst40", "asym30")),
     metric=ACC_BEST,
