@@ -134,5 +134,6 @@ def test_deft_fake_cifar100n_uses_the_real_noise_rules(tiny_backbone, tmp_path):
                     "backbone.name=tiny", f"paths.data_dir={root}", *COMMON, *FAST["deft"]], tmp_path)
     res, rows = _check(run_dir, "deft")
     assert res["noise"]["protocol"] == "real"
-    # The argmax rule: every clean verdict's label is also the detector's top p_yes class (suggested_label).
-    assert all(r["suggested_label"] == r["given_label"] for r in rows if r["clean_verdict"] == "1")
+    # Every clean verdict passed the p_yes threshold at its label (the argmax rule itself is checked by hand in
+    # test_baselines_core; suggested_label is the positive classifier's prediction, not argmax p_yes).
+    assert rows and all(float(r["q_score"]) > 0.5 for r in rows if r["clean_verdict"] == "1")

@@ -193,7 +193,10 @@ class DeFT(BaselineModule):
             self.phase = saved
         p_yes = out["p_yes"]
         mask = self.verdict(p_yes, given)
-        confidence, suggested = p_yes.max(dim=1)
+        # The suggested label is the positive-prompt classifier's prediction (the target DeFT trains a
+        # noisy sample towards after warm-up). argmax_k p_yes_k is not a classifier: each p_yes_k is a
+        # separate yes/no score, and its argmax scored below chance on the synthetic world.
+        confidence, suggested = out["pos"].softmax(dim=1).max(dim=1)
         true = self.known_true(dm, clean)
         v = Verdicts(self.phase1_epochs, given, true, mask, p_yes.gather(1, given[:, None]).squeeze(1), suggested,
                      confidence)
