@@ -176,6 +176,12 @@ class DeFT(BaselineModule):
         finally:
             self.phase = 2
         self.final_verdicts = v
+        if not bool(v.clean_mask.any()):
+            # Phase 2 trains on the clean set only: with none, the tower and head never move and the run
+            # would report the initial head's accuracy as DeFT's. Say so rather than return it silently.
+            log.warning("DeFT: the phase-1 detector judged no training sample clean (p_yes at the given label "
+                        "> model.phase1.threshold=%s); phase 2 will not train. Consider more phase-1 epochs "
+                        "(model.phase1.epochs).", self.p1["threshold"])
         return self.record_verdicts(v, **extra)
 
     def _p_yes_outputs(self, x: Tensor) -> dict[str, Tensor]:
