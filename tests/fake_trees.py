@@ -381,3 +381,17 @@ WRITERS: dict[str, Callable[..., Path]] = {
     "food101n": write_food101n,
     "clothing1m": write_clothing1m,
 }
+
+
+def save_tiny_clip(folder: Path, model_cfg: dict, seed: int = 0) -> dict:
+    """A randomly initialised open_clip CLIP saved in `local-dir:` format; returns its backbone config.
+    Module tests build one per file (the architecture differs) instead of each repeating the recipe."""
+    import torch
+    from open_clip.model import CLIP
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    model = CLIP(**model_cfg)
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {"size": 32}}))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "open_clip_model.safetensors")
+    return {"model": f"local-dir:{folder}", "pretrained": None, "allow_random": False, "name": "tiny"}

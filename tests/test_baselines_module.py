@@ -4,7 +4,6 @@ trains, label_issues.csv, checkpoint content, and the presets compose with TANGO
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import lightning as L
@@ -14,9 +13,9 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import get_class
 from omegaconf import OmegaConf
-from safetensors.torch import save_file
 
 import noisy_prompt.config  # noqa: F401  (resolvers)
+from fake_trees import save_tiny_clip
 from noisy_prompt.config import ctor_kwargs
 from noisy_prompt.data.datamodule import CLIPDataModule
 from noisy_prompt.methods.baselines import core
@@ -45,14 +44,7 @@ OPTIM = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0, "warmu
 
 @pytest.fixture(scope="module")
 def backbone(tmp_path_factory) -> dict:
-    from open_clip.model import CLIP
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny_clip")
-    model = CLIP(**TINY)
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY, "preprocess_cfg": {"size": 32}}))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "open_clip_model.safetensors")
-    return {"model": f"local-dir:{folder}", "pretrained": None, "allow_random": False, "name": "tiny"}
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny_clip"), TINY)
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,11 @@
 """model=ft_ce: plain CE fine-tuning of the vision tower (linear or TAC head) on a tiny random CLIP."""
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
+from fake_trees import save_tiny_clip
 from noisy_prompt.methods.ft_ce import FineTuneCE
 
 TINY = {
@@ -19,14 +18,7 @@ CLASSES = ["red circle", "blue striped square", "green star"]
 
 @pytest.fixture(scope="module")
 def backbone(tmp_path_factory) -> dict:
-    from open_clip.model import CLIP
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny_clip")
-    model = CLIP(**TINY)
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY, "preprocess_cfg": {"size": 32}}))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "open_clip_model.safetensors")
-    return {"model": f"local-dir:{folder}", "pretrained": None, "allow_random": False, "name": "tiny"}
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny_clip"), TINY)
 
 
 def _module(backbone, **kw) -> FineTuneCE:

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import get_class
 from omegaconf import OmegaConf
-from safetensors.torch import save_file
 
 import noisy_prompt.config  # noqa: F401  (resolvers)
+from fake_trees import save_tiny_clip
 from noisy_prompt.config import ctor_kwargs
 from noisy_prompt.data.datamodule import CLIPDataModule
 from noisy_prompt.methods.tango.anchors import template_sentences
@@ -39,14 +39,7 @@ N_TRAIN = PER_CLASS * len(CLASSNAMES)
 
 @pytest.fixture(scope="module")
 def backbone(tmp_path_factory) -> dict:
-    from open_clip.model import CLIP
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny_clip")
-    model = CLIP(**TINY)
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY, "preprocess_cfg": {"size": 32}}))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "open_clip_model.safetensors")
-    return {"model": f"local-dir:{folder}", "pretrained": None, "allow_random": False, "name": "tiny"}
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny_clip"), TINY)
 
 
 def _module(backbone, k_anchors=4, **kwargs) -> Tango:
