@@ -19,6 +19,10 @@ or, when some cells need others to have run first, ordered `stages` instead of `
 own `grids`, optional extra `overrides` and an optional `sweep` name for its run dirs (default:
 `table`; see sweeps/dpsep_table3.yaml).
 
+A table's printed layout (rows, columns, metric, paper CSV) is the file's `layout:` key, or a stage's
+for a stage with its own `sweep` name; this module only hands it over (`SweepPlan.layouts`,
+`read_layouts`), noisy_prompt/reporting/tables.py reads it.
+
 `--cells key=v1,v2` (key: a grid key) keeps the cells whose value for `key` is listed; grids without
 that key (another stage's) are kept whole.
 """
@@ -49,8 +53,8 @@ CONF_DIR = REPO_ROOT / "conf"
 Value = str | int | float
 LAUNCHERS = {"basic": None, "slurm": "hydra/launcher=slurm"}
 SLURM_PLUGIN = "hydra_plugins.hydra_submitit_launcher"
-_FILE_KEYS = {"table", "overrides", "grids", "stages"}
-_STAGE_KEYS = {"sweep", "overrides", "grids"}
+_FILE_KEYS = {"table", "overrides", "grids", "stages", "layout"}
+_STAGE_KEYS = {"sweep", "overrides", "grids", "layout"}
 _PLAIN_VALUE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-/:]*$")
 
 
@@ -137,10 +141,21 @@ class Grid:
 
 
 @dataclass(frozen=True)
+class RawLayout:
+    """A table's printed layout as written in a sweep file, unparsed (noisy_prompt.reporting.tables
+    reads it). `where` locates it for error messages: "<file>: layout" or "<file>: stage 2: layout"."""
+
+    table: str
+    where: str
+    raw: Any = field(compare=False, hash=False)
+
+
+@dataclass(frozen=True)
 class SweepPlan:
     table: str
     path: Path
     grids: tuple[Grid, ...]
+    layouts: tuple[RawLayout, ...] = ()
 
     def cells(self) -> list[Job]:
         return [c for g in self.grids for c in g.cells()]
@@ -206,8 +221,8 @@ def _parse_grid(raw: Any, where: str, sweep: str, fixed: tuple[str, ...]) -> Gri
     return Grid(sweep=sweep, fixed=fixed, axes=tuple(axes))
 
 
-def load_sweep(name_or_path: str | Path) -> SweepPlan:
-    path = resolve_sweep_file(name_or_path)
+def _read_sweep_file(path: Path) -> tuple[dict, str, list, tuple[RawLayout, ...]]:
+    """The YAML of a sweep file with its keys checked: (raw, table, stages, layouts)."""
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as err:
@@ -222,12 +237,11 @@ def load_sweep(name_or_path: str | Path) -> SweepPlan:
         raise SweepFileError(f"{path}: 'table' must be a name (the sweep dir and aggregate table), got {table!r}")
     if ("grids" in raw) == ("stages" in raw):
         raise SweepFileError(f"{path}: give exactly one of 'grids' or 'stages'")
-    common = _string_list(raw.get("overrides"), f"{path}: overrides")
-    _check_overrides(common, f"{path}: overrides")
+    _string_list(raw.get("overrides"), f"{path}: overrides")
     stages = raw["stages"] if "stages" in raw else [{"grids": raw["grids"]}]
     if not isinstance(stages, list) or not stages:
         raise SweepFileError(f"{path}: 'stages' must be a non-empty list")
-    grids: list[Grid] = []
+    layouts = [RawLayout(table, f"{path}: layout", raw["layout"])] if "layout" in raw else []
     for i, stage in enumerate(stages):
         where = f"{path}: stage {i + 1}" if "stages" in raw else str(path)
         if not isinstance(stage, dict):
@@ -238,6 +252,30 @@ def load_sweep(name_or_path: str | Path) -> SweepPlan:
         sweep = stage.get("sweep", table)
         if not isinstance(sweep, str) or not _PLAIN_VALUE.match(sweep):
             raise SweepFileError(f"{where}: 'sweep' must be a name, got {sweep!r}")
+        if "layout" in stage:
+            if sweep == table:
+                raise SweepFileError(f"{where}: a stage's 'layout' is the table of its own 'sweep'; "
+                                     f"put the layout of {table!r} at the top level of the file")
+            if any(lay.table == sweep for lay in layouts):
+                raise SweepFileError(f"{where}: a second layout for table {sweep!r}")
+            layouts.append(RawLayout(sweep, f"{where}: layout", stage["layout"]))
+    return raw, table, stages, tuple(layouts)
+
+
+def read_layouts(name_or_path: str | Path) -> tuple[RawLayout, ...]:
+    """The table layouts a sweep file holds (unparsed), without checking its grids and overrides."""
+    return _read_sweep_file(resolve_sweep_file(name_or_path))[3]
+
+
+def load_sweep(name_or_path: str | Path) -> SweepPlan:
+    path = resolve_sweep_file(name_or_path)
+    raw, table, stages, layouts = _read_sweep_file(path)
+    common = _string_list(raw.get("overrides"), f"{path}: overrides")
+    _check_overrides(common, f"{path}: overrides")
+    grids: list[Grid] = []
+    for i, stage in enumerate(stages):
+        where = f"{path}: stage {i + 1}" if "stages" in raw else str(path)
+        sweep = stage.get("sweep", table)
         extra = _string_list(stage.get("overrides"), f"{where}: overrides")
         _check_overrides(extra, f"{where}: overrides")
         raw_grids = stage.get("grids")
@@ -245,7 +283,7 @@ def load_sweep(name_or_path: str | Path) -> SweepPlan:
             raise SweepFileError(f"{where}: 'grids' must be a non-empty list of grids")
         for j, g in enumerate(raw_grids):
             grids.append(_parse_grid(g, f"{where}: grid {j + 1}", sweep, common + extra))
-    return SweepPlan(table=table, path=path, grids=tuple(grids))
+    return SweepPlan(table=table, path=path, grids=tuple(grids), layouts=layouts)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -23,9 +23,11 @@ from noisy_prompt.reporting.aggregate import (
     load_runs,
     main,
 )
-from noisy_prompt.reporting.tables import TABLES, TANGO_EXTRA_ROWS, get_table, load_paper_numbers, read_paper_csv
+from noisy_prompt.reporting.tables import TABLES, get_table, load_paper_numbers, read_paper_csv
 
 REPO = Path(__file__).resolve().parents[1]
+# Rows this project runs beside a paper's that have no paper number: ft_ce, the CE floor.
+EXTRA_ROWS = ("ft_ce",)
 
 
 def write_run(root: Path, reldir: str, *, model: str, data: str, noise: str, seed: int,
@@ -306,7 +308,7 @@ def test_spec_labels_match_paper_csv(name):
     assert header == [*spec.row_key_names, *(c.label for c in spec.columns)]
     k = len(spec.row_key_names)
     # rows of ours with no paper number (ft_ce, the CE floor) aside, the rows are the paper's, in its order
-    extra = {(m,) for m in TANGO_EXTRA_ROWS}
+    extra = {(m,) for m in EXTRA_ROWS}
     assert [tuple(r[:k]) for r in body] == [row.labels for row in spec.rows if row.labels not in extra]
     numbers = load_paper_numbers(spec)
     assert all(len(v) == len(spec.columns) for v in numbers.values())

@@ -1,5 +1,6 @@
 """Sweeps: every sweeps/*.yaml cell composes, the paper tables' sweeps hold exactly the tables' cells,
-the runner's filter / dry-run / summary behave, the SLURM launcher config composes, and the
+each file's table layout prints only cells its grids run (and every row of its paper CSV), a broken
+layout names its file and key, the runner's filter / dry-run / summary behave, the SLURM launcher config composes, and the
 cross-dataset evaluation preset loads (or clearly fails to find) its source prompt."""
 from __future__ import annotations
 
@@ -25,7 +26,15 @@ from noisy_prompt.methods.crossdata import (
     source_checkpoint_path,
     source_run_dir,
 )
-from noisy_prompt.reporting.tables import TABLES, TANGO_EXTRA_ROWS, load_paper_numbers
+from noisy_prompt.reporting.tables import (
+    TABLES,
+    LayoutError,
+    RowSpec,
+    load_paper_numbers,
+    load_tables,
+    read_paper_csv,
+    tables_from_file,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -44,7 +53,7 @@ EXPECTED_CELLS = {"dpsep_table1": 378, "dpsep_table2": 12, "dpsep_table3": 216, 
 READINGS_TABLES = {"synthetic_readings_dpsep", "synthetic_readings_tango", "synthetic_readings_tango_paper_recipe",
                    "dpsep_readings", "tango_readings"}
 # Rows this project runs beside a paper's (ft_ce, the CE floor) that have no paper number.
-EXTRA_ROWS = {(m,) for m in TANGO_EXTRA_ROWS}
+EXTRA_ROWS = {("ft_ce",)}
 # Sweeps aggregated with `aggregate --by KEY` (one table per hyperparameter), not as a paper TableSpec.
 SENSITIVITY = {"dpsep_sensitivity", "tango_sensitivity"}
 EXPECTED_BACKBONES = {"dpsep_table1": {"vit_b32"}, "dpsep_table2": {"vit_b32"}, "dpsep_table3": {"vit_b32"},
@@ -159,6 +168,11 @@ def test_sweep_file_loads_and_names_its_table(path):
     assert path.read_text().startswith("#"), "document the table, recipe and paper numbers at the top"
     own = [c for c in cells if c.sweep == plan.table]
     assert len(own) == EXPECTED_CELLS[plan.table]
+    # the file lays out its own table (a sensitivity sweep prints with --by instead) and its stage's
+    expected = [] if plan.table in SENSITIVITY else [plan.table]
+    if plan.table == "synthetic_readings_tango":
+        expected.append("synthetic_readings_tango_paper_recipe")
+    assert [lay.table for lay in plan.layouts] == [t.name for t in tables_from_file(path)] == expected
     seeds = {dict(c.assignment).get("seed") for c in own}
     assert seeds == ({1} if plan.table == "synthetic_mini" else {1, 2, 3})
 
@@ -214,6 +228,127 @@ def test_sweep_cells_are_exactly_the_tables_cells(table, table_logs):
         hits = [(k, r["seed"]) for k, r in zip(keys, records) if k.matches(filt)]
         assert sorted(s for _, s in hits) == [1, 2, 3], (where, hits)
         assert len({k for k, _ in hits}) == 1, f"{where}: several configs would be averaged: {hits}"
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.stem)
+def test_every_layout_cell_is_run_by_its_files_grids(path, table_logs):
+    # One file per table: the layout prints only cells the same file's grids run (a row the paper
+    # prints and this project does not run, match: null, aside; a discovered table has no fixed cells).
+    plan = sw.load_sweep(path)
+    for spec in tables_from_file(path):
+        records = [cell_record(c) for c in plan.cells() if c.sweep == spec.name]
+        assert records, f"{path}: layout of {spec.name} but no grid runs under sweep {spec.name}"
+        if spec.discover is not None:
+            assert any(CellKey(r["model"], r["data"], r["noise"], r["backbone"], r["train_data"]).matches(
+                spec.discover.match) for r in records)
+            continue
+        keys = [CellKey(r["model"], r["data"], r["noise"], r["backbone"], r["train_data"],
+                        tuple(r["settings"].items())) for r in records]
+        for row in spec.rows:
+            for col in spec.columns:
+                filt = spec.cell_filter(row, col)
+                if filt is not None:
+                    assert any(k.matches(filt) for k in keys), f"{path}: {spec.name} [{row.labels} | {col.label}]: {filt}"
+
+
+@pytest.mark.parametrize("name", [n for n, s in TABLES.items() if s.paper_csv])
+def test_every_paper_csv_row_is_in_the_layout(name):
+    # A readings table shows some of a paper table's data sets (dpsep_readings: OxfordPets and UCF101):
+    # every paper row of a data set it shows is a row of it; every other table shows them all.
+    spec = TABLES[name]
+    header, body = read_paper_csv(spec.paper_csv)
+    k = len(spec.row_key_names)
+    labels = {row.labels for row in spec.rows}
+    shown = {row.labels[:-1] for row in spec.rows}
+    paper = [tuple(r[:k]) for r in body]
+    assert [p for p in paper if p[:-1] in shown and p not in labels] == []
+    assert any(p in labels for p in paper)
+
+
+LAYOUT_FILE = """\
+table: t
+grids:
+  - model: &models [ptnl, dpsep]
+    data: [oxford_pets]
+    noise: &noises [sym50, sym80]
+layout:
+{layout}
+"""
+GOOD_LAYOUT = """\
+  title: "T: a test table"
+  paper_csv: dpsep_table4_ablation.csv
+  keys: [method]
+  rows:
+    - {label: dp, match: null}
+    - {model: *models, data: oxford_pets}
+  columns: {noise: *noises}
+  column_metrics: {"{}": test/acc, "{}_best": test/acc_best}"""
+
+
+def test_a_layout_reads_its_grid_by_alias(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text(LAYOUT_FILE.format(layout=GOOD_LAYOUT))
+    (spec,) = tables_from_file(path)
+    assert spec.name == "t" and spec.metric == "test/acc" and spec.paper_csv == "dpsep_table4_ablation.csv"
+    assert spec.rows == (RowSpec(("dp",), None), RowSpec(("ptnl",), {"model": "ptnl", "data": "oxford_pets"}),
+                         RowSpec(("dpsep",), {"model": "dpsep", "data": "oxford_pets"}))
+    assert [(c.label, c.match, c.metric) for c in spec.columns] == [
+        ("sym50", {"noise": "sym50"}, "test/acc"), ("sym80", {"noise": "sym80"}, "test/acc"),
+        ("sym50_best", {"noise": "sym50"}, "test/acc_best"), ("sym80_best", {"noise": "sym80"}, "test/acc_best")]
+    assert load_paper_numbers(spec)[("dp",)]["sym50"] > 0  # the paper-only row lines up with its numbers
+
+
+@pytest.mark.parametrize("edit, key, message", [
+    (("rows:\n    - {label: dp, match: null}\n    - {model: *models, data: oxford_pets}",
+      "rows: {modle: *models}"), "layout: rows", "unknown cell key 'modle'"),
+    (("keys: [method]", "keys: [dataset, method]"), "layout: rows: entry 1",
+     "1 label\\(s\\) \\['dp'\\] for 2 row key name\\(s\\)"),
+    (("keys: [method]\n  rows:\n    - {label: dp, match: null}", "keys: [method]\n  rows:\n    - {label: dp, match: {modle: dp}}"),
+     "layout: rows: entry 1: match", "unknown cell key 'modle'"),
+    (("    - {model: *models, data: oxford_pets}", "    - {model: *models, data: [oxford_pets]}"),
+     "layout: rows: entry 2", "2 list-valued key\\(s\\) \\['model', 'data'\\] .* 1 row label column"),
+    (("paper_csv: dpsep_table4_ablation.csv", "paper_csv: dpsep_table9.csv"), "layout: paper_csv",
+     "paper CSV 'dpsep_table9.csv' not found"),
+    (("paper_csv: dpsep_table4_ablation.csv", "paper_csv: dpsep_table1_synthetic.csv"), "layout: paper_csv",
+     "key columns \\['dataset'\\] != layout keys \\['method'\\]"),
+    (('"{}_best": test/acc_best', '"{}_best": acc_best'), "layout: column_metrics: {}_best",
+     "metric name of the form <split>/<name>"),
+    (('"{}_best": test/acc_best', '"best": test/acc_best'), "layout: column_metrics", "must hold '{}' once"),
+    (("columns: {noise: *noises}", "columns: {noise: *noises, data: [pets]}"), "layout: columns",
+     "exactly one list-valued key"),
+    (("columns: {noise: *noises}", "columns: {noise: *noises, data: ucf101}"), "layout",
+     "row \\('ptnl',\\) sets data='oxford_pets' but column 'sym50' sets data='ucf101'"),
+    (("  title:", "  titel:"), "layout", "unknown key\\(s\\) \\['titel'\\]"),
+    (("    - {label: dp, match: null}\n", "    - {label: dp, match: null}\n    - {label: dp, match: null}\n"),
+     "layout: rows", "row label\\(s\\) \\('dp',\\) appear twice"),
+])
+def test_a_broken_layout_names_the_file_and_key(tmp_path, edit, key, message):
+    old, new = edit
+    assert old in GOOD_LAYOUT
+    path = tmp_path / "t.yaml"
+    path.write_text(LAYOUT_FILE.format(layout=GOOD_LAYOUT.replace(old, new)))
+    with pytest.raises(LayoutError, match=message) as err:
+        tables_from_file(path)
+    assert str(err.value).startswith(f"{path}: {key}: "), str(err.value)
+
+
+def test_a_stage_layout_names_its_stage_and_a_table_has_one_layout(tmp_path):
+    staged = ("table: t\nstages:\n  - grids: [{model: [coop]}]\n  - sweep: u\n    grids: [{model: [coop]}]\n"
+              "    layout: {title: U, keys: [model], rows: {model: [coop]}, columns: {noise: sym50}}\n")
+    path = tmp_path / "t.yaml"
+    path.write_text(staged)
+    with pytest.raises(LayoutError, match="exactly one list-valued key") as err:
+        tables_from_file(path)
+    assert str(err.value).startswith(f"{path}: stage 2: layout: columns: ")
+    path.write_text(staged.replace("noise: sym50", "noise: [sym50]"))
+    assert [(t.name, t.title) for t in tables_from_file(path)] == [("u", "U")]
+    (tmp_path / "u.yaml").write_text("table: u\ngrids: [{model: [coop]}]\n"
+                                     "layout: {title: U2, keys: [model], rows: {model: [coop]}, columns: {noise: [a]}}\n")
+    with pytest.raises(LayoutError, match="a layout for table 'u', which .*t.yaml already lays out"):
+        load_tables(tmp_path)
+    path.write_text(staged.replace("  - sweep: u\n", "  - overrides: []\n"))  # the stage runs under table t
+    with pytest.raises(sw.SweepFileError, match="put the layout of 't' at the top level"):
+        sw.load_sweep(path)
 
 
 def test_dpsep_table1_has_7_datasets_2_methods_9_noises_3_seeds(table_logs):

@@ -1,5 +1,34 @@
 """The papers' tables as data: which runs and which metric feed each printed cell.
 
+One file per table: `sweeps/<table>.yaml` holds the grid that runs the table's cells and, under
+`layout:`, how the table is printed. A stage with its own `sweep` name may carry the `layout` of that
+table, so one file can hold two (sweeps/synthetic_readings_tango.yaml). Layouts take their value
+lists from the grid by YAML alias (`model: &models [...]` in the grid, `rows: {model: *models}` in
+the layout), so a new method is one more name in the grid and its row follows. `TABLES` reads every
+sweep file's layouts the first time it is used (`load_tables`).
+
+Layout schema (`title`, `keys` and `rows`+`columns` or `discover` are required):
+
+    layout:
+      title: "DP-SEP Table 4: ablation ..."   # printed after the table name
+      paper_csv: dpsep_table4_ablation.csv    # published numbers, in reporting/paper_tables/ (optional)
+      metric: test/acc_best                   # the cells' metric (default test/acc)
+      keys: [method]                          # names of the row label columns = the paper CSV's key columns
+      rows: <block> | [<block>, ...]          # printed in order
+      columns: <block> | [<block>, ...]
+      column_metrics: {"{}": test/acc, "{}_best": test/acc_best}   # optional: every column once per
+                                              # metric, in this order, its label put in for {}
+      discover: {rows: model, columns: noise, match: {data: synthetic}}   # instead of rows and columns
+
+A block is one of
+  product:  {data: [oxford_pets, ucf101], model: [ptnl, dpsep], metric: test/acc}
+            A list-valued cell key is an axis: one row per combination (the values, in key order, are
+            its labels: one per `keys` name); a plain value fixes that key. A column block has exactly
+            one list, whose values are the column labels. `metric` (optional) is the block's own.
+  explicit: {label: baseline_linear_head_visual_only, match: {model: tango_linear_visual}, metric: ...}
+            (`labels: [a, b]` when `keys` has several names). `match: null` is a row the paper prints
+            and this project does not run: printed with the paper's numbers only.
+
 A table cell is found by merging its row's `match` with its column's `match` into one filter over
 the cell keys that every run writes into `results.json` (`model`, `data`, `noise`, `backbone`,
 `train_data`). A key absent from the filter matches any value, except `train_data`, which defaults
@@ -13,10 +42,14 @@ column labels are the CSV's value columns, so the two line up by name.
 from __future__ import annotations
 
 import csv
+import functools
 import io
+import itertools
+import re
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Mapping
+from pathlib import Path
+from typing import Any, Iterator, Mapping
 
 # Keys a filter may constrain: the cell keys of the cell contract (`results.json["cell"]`).
 from noisy_prompt.cell import CELL_KEYS  # noqa: E402  (re-exported for table specs)
@@ -32,9 +65,19 @@ NOISE_ORDER: tuple[str, ...] = (
     "inst20", "inst40", "inst60", "inst80", "asym30", "asym30_superclass",
     "pair_fp2", "pair_fp4", "pair_fp8", "ptnl_fp2", "ptnl_fp4", "ptnl_fp8", "real",
 )
+# Order of `TABLES` (aggregate --list, --table all): the papers' tables, the synthetic evidence, the
+# readings (issue 13). A table not named here follows, by name.
+TABLE_ORDER: tuple[str, ...] = (
+    "dpsep_table1", "dpsep_table2", "dpsep_table3", "dpsep_table4",
+    "tango_table1", "tango_table2", "tango_table3", "tango_table4",
+    "synthetic_mini", "synthetic_dpsep", "synthetic_tango",
+    "synthetic_readings_dpsep", "dpsep_readings", "synthetic_readings_tango",
+    "synthetic_readings_tango_paper_recipe", "tango_readings",
+)
 
 ACC = "test/acc"  # DP-SEP reports the last epoch
 ACC_BEST = "test/acc_best"  # TANGO reports the best epoch
+ACC_EPOCH0 = "test/acc_epoch0"  # TANGO: the TAC with the same anchors before any training
 
 
 @dataclass(frozen=True)
@@ -137,186 +180,288 @@ def load_paper_numbers(spec: TableSpec) -> dict[tuple[str, ...], dict[str, float
     return numbers
 
 
+
+
 # --------------------------------------------------------------------------------------------------
-# The tables
-
-DPSEP_NOISES = ("sym12.5", "sym25", "sym50", "sym65", "sym80", "inst20", "inst40", "inst60", "inst80")
-DPSEP_T1_DATASETS = ("imagenet", "caltech101", "oxford_pets", "oxford_flowers", "food101", "dtd", "ucf101")
-DPSEP_T3_DATASETS = ("oxford_pets", "food101", "dtd", "ucf101")
-DPSEP_METHODS = ("ptnl", "dpsep")
+# Layouts: the `layout:` keys of the sweep files
 
 
-def _noise_columns(noises: tuple[str, ...]) -> tuple[ColumnSpec, ...]:
-    return tuple(ColumnSpec(n, {"noise": n}) for n in noises)
+class LayoutError(ValueError):
+    """A `layout:` of a sweep file that does not follow the schema; the message names the file and key."""
 
 
-def _model_rows(models: tuple[str, ...], **match: str) -> tuple[RowSpec, ...]:
-    return tuple(RowSpec((m,), {"model": m, **match}) for m in models)
+_LAYOUT_KEYS = ("title", "paper_csv", "metric", "keys", "rows", "columns", "column_metrics", "discover")
+_EXPLICIT_KEYS = ("label", "labels", "match", "metric")
+_DISCOVER_KEYS = ("rows", "columns", "match")
+_METRIC_FORM = re.compile(r"^[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-/]+$")
 
 
-DPSEP_TABLE1 = TableSpec(
-    name="dpsep_table1",
-    title="DP-SEP Table 1: synthetic noise on few-shot datasets (last-epoch test acc, %)",
-    paper_csv="dpsep_table1_synthetic.csv",
-    row_key_names=("dataset", "method"),
-    rows=tuple(RowSpec((d, m), {"data": d, "model": m}) for d in DPSEP_T1_DATASETS for m in DPSEP_METHODS),
-    columns=_noise_columns(DPSEP_NOISES),
-    metric=ACC,
-)
+def _fail(where: str, message: str) -> LayoutError:
+    return LayoutError(f"{where}: {message}")
 
-DPSEP_TABLE2 = TableSpec(
-    name="dpsep_table2",
-    title="DP-SEP Table 2: real noise (WebVision -> WebVision/ILSVRC12 val; Food-101N -> Food-101 test)",
-    paper_csv="dpsep_table2_real.csv",
-    row_key_names=("method",),
-    rows=_model_rows(DPSEP_METHODS),
-    columns=(
-        ColumnSpec("webvision_top1", {"data": "webvision", "noise": "real"}, "test/acc"),
-        ColumnSpec("webvision_top5", {"data": "webvision", "noise": "real"}, "test/acc_top5"),
-        ColumnSpec("ilsvrc12_top1", {"data": "webvision", "noise": "real"}, "test_ilsvrc12/acc"),
-        ColumnSpec("ilsvrc12_top5", {"data": "webvision", "noise": "real"}, "test_ilsvrc12/acc_top5"),
-        ColumnSpec("food101n_top1", {"data": "food101n", "noise": "real"}, "test/acc"),
-    ),
-    metric=ACC,
-)
 
-DPSEP_TABLE3 = TableSpec(
-    name="dpsep_table3",
-    title="DP-SEP Table 3: cross-dataset (prompts trained on noisy ImageNet, tested on the row's dataset)",
-    paper_csv="dpsep_table3_cross_dataset.csv",
-    row_key_names=("dataset", "method"),
-    rows=tuple(
-        RowSpec((d, m), {"data": d, "train_data": "imagenet", "model": m})
-        for d in DPSEP_T3_DATASETS for m in DPSEP_METHODS
-    ),
-    columns=_noise_columns(DPSEP_NOISES),
-    metric=ACC,
-)
+def _name(value: Any, where: str, what: str = "a name") -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(where, f"expected {what} (a non-empty string), got {value!r}")
+    return value
 
-DPSEP_TABLE4 = TableSpec(
-    name="dpsep_table4",
-    title="DP-SEP Table 4: ablation on OxfordPets, symmetric noise (last-epoch test acc, %)",
-    paper_csv="dpsep_table4_ablation.csv",
-    row_key_names=("method",),
-    rows=_model_rows(("ptnl", "dp", "sep_no_perturbation", "sep", "dpsep"), data="oxford_pets"),
-    columns=_noise_columns(("sym12.5", "sym25", "sym50", "sym65", "sym80")),
-    metric=ACC,
-)
 
-# The baselines of TANGO's tables (spec baselines.md), each a `model=` preset named as the paper CSVs' rows,
-# and plain CE fine-tuning (ft_ce), the floor every method must beat: a row of ours the papers do not print
-# (its paper cells stay empty).
-TANGO_BASELINES = ("dividemix", "ssr", "lsl", "deft")
-TANGO_EXTRA_ROWS = ("ft_ce",)  # rows run by this project that have no paper number
+def _metric(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not _METRIC_FORM.match(value):
+        raise _fail(where, f"expected a metric name of the form <split>/<name> as results.json writes it "
+                           f"(e.g. {ACC}, {ACC_BEST}), got {value!r}")
+    return value
 
-TANGO_TABLE1 = TableSpec(
-    name="tango_table1",
-    title="TANGO Table 1: CIFAR-100 synthetic noise (best test acc, %)",
-    paper_csv="tango_table1_cifar100_synthetic.csv",
-    row_key_names=("method",),
-    rows=_model_rows(("ft_ce", *TANGO_BASELINES, "tango"), data="cifar100"),
-    columns=_noise_columns(("sym40", "sym60", "inst40", "asym30")),
-    metric=ACC_BEST,
-)
 
-TANGO_REAL_DATASETS = ("cifar100n", "animal10n", "webvision", "food101n")
+def _match(value: Any, where: str) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise _fail(where, f"expected a mapping cell key -> value (keys: {', '.join(CELL_KEYS)}), got {value!r}")
+    out = {}
+    for key, v in value.items():
+        if key not in CELL_KEYS:
+            raise _fail(where, f"unknown cell key {key!r}; expected one of {', '.join(CELL_KEYS)}")
+        out[key] = _name(v, f"{where}: {key}", "a value")
+    return out
 
-TANGO_TABLE2 = TableSpec(
-    name="tango_table2",
-    title="TANGO Table 2: real-world noise (best test acc, %)",
-    paper_csv="tango_table2_real.csv",
-    row_key_names=("method",),
-    # the paper prints no DivideMix row in this table
-    rows=_model_rows(("ft_ce", "ssr", "lsl", "deft", "tango")),
-    columns=tuple(ColumnSpec(d, {"data": d, "noise": "real"}) for d in TANGO_REAL_DATASETS),
-    metric=ACC_BEST,
-)
 
-# Paper ablation row -> our model name.
-TANGO_VARIANTS: tuple[tuple[str, str], ...] = (
-    ("baseline_linear_head_visual_only", "tango_linear_visual"),
-    ("tango", "tango"),
-    ("visual_only_purification", "tango_visual_only"),
-    ("semantic_only_purification", "tango_semantic_only"),
-    ("trainable_anchors", "tango_trainable_anchors"),
-    ("simpler_prompts", "tango_simple_prompts"),
-)
+def _blocks(value: Any, where: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """(location, mapping) of each block of `rows`/`columns` (one mapping or a list of them)."""
+    if isinstance(value, Mapping):
+        yield where, value
+        return
+    if not isinstance(value, list) or not value:
+        raise _fail(where, f"expected a block (mapping) or a non-empty list of blocks, got {value!r}")
+    for i, block in enumerate(value, 1):
+        if not isinstance(block, Mapping):
+            raise _fail(f"{where}: entry {i}", f"expected a mapping (a product or explicit block), got {block!r}")
+        yield f"{where}: entry {i}", block
 
-TANGO_TABLE3 = TableSpec(
-    name="tango_table3",
-    title="TANGO Table 3: ablation on CIFAR-100 (synthetic) and CIFAR-100N (best test acc, %)",
-    paper_csv="tango_table3_ablation.csv",
-    row_key_names=("variant",),
-    rows=tuple(RowSpec((variant,), {"model": model}) for variant, model in TANGO_VARIANTS),
-    columns=(
-        ColumnSpec("sym40", {"data": "cifar100", "noise": "sym40"}),
-        ColumnSpec("inst40", {"data": "cifar100", "noise": "inst40"}),
-        ColumnSpec("asym30", {"data": "cifar100", "noise": "asym30"}),
-        ColumnSpec("cifar100n", {"data": "cifar100n", "noise": "real"}),
-    ),
-    metric=ACC_BEST,
-)
 
-TANGO_TABLE4 = TableSpec(
-    name="tango_table4",
-    title="TANGO Table 4: backbones on CIFAR-100N (best test acc, %)",
-    paper_csv="tango_table4_backbones.csv",
-    row_key_names=("backbone",),
-    rows=tuple(RowSpec((b,), {"model": "tango", "backbone": b}) for b in ("vit_b16", "vit_b32", "siglip")),
-    columns=(ColumnSpec("cifar100n", {"data": "cifar100n", "noise": "real"}),),
-    metric=ACC_BEST,
-)
+def _explicit(block: Mapping[str, Any], where: str) -> tuple[tuple[str, ...], dict[str, str] | None, str | None]:
+    """(labels, match, metric) of an explicit block."""
+    unknown = [k for k in block if k not in _EXPLICIT_KEYS]
+    if unknown:
+        raise _fail(where, f"unknown key(s) {unknown} in an explicit block; expected {', '.join(_EXPLICIT_KEYS)} "
+                           "(or cell keys only, for a product block)")
+    if ("label" in block) == ("labels" in block):
+        raise _fail(where, "an explicit block gives exactly one of 'label' (one name) or 'labels' (a list)")
+    if "label" in block:
+        labels: tuple[str, ...] = (_name(block["label"], f"{where}: label"),)
+    else:
+        raw = block["labels"]
+        if not isinstance(raw, list) or not raw:
+            raise _fail(f"{where}: labels", f"expected a non-empty list of names, got {raw!r}")
+        labels = tuple(_name(v, f"{where}: labels") for v in raw)
+    if "match" not in block:
+        raise _fail(where, "an explicit block needs 'match' (a mapping of cell keys, or null for a row "
+                           "the paper prints and this project does not run)")
+    match = None if block["match"] is None else _match(block["match"], f"{where}: match")
+    metric = _metric(block["metric"], f"{where}: metric") if "metric" in block else None
+    return labels, match, metric
 
-SYNTHETIC_MINI = TableSpec(
-    name="synthetic_mini",
-    title="Synthetic data: every model x noise found (last-epoch test acc, %)",
-    paper_csv=None,
-    row_key_names=("model",),
-    rows=(),
-    columns=(),
-    metric=ACC,
-    discover=DiscoverSpec(row_key="model", col_key="noise", match={"data": "synthetic"}),
-)
 
-SYNTHETIC_DPSEP = TableSpec(
-    name="synthetic_dpsep",
-    title="Synthetic evidence for DP-SEP's claims (last-epoch test acc, %)",
-    paper_csv=None,
-    row_key_names=("model",),
-    rows=_model_rows(("zeroshot", "coop", "ptnl", "dp", "sep", "sep_no_perturbation", "dpsep"), data="synthetic"),
-    columns=_noise_columns(("clean", "sym50", "sym80", "inst60")),
-    metric=ACC,
-)
+def _product(block: Mapping[str, Any], where: str) -> tuple[list[str], list[tuple[tuple[str, ...], dict[str, str]]], str | None]:
+    """(axis keys, [(labels, match)] in product order, metric) of a product block."""
+    metric = _metric(block["metric"], f"{where}: metric") if "metric" in block else None
+    axes: list[tuple[str, list[str]]] = []
+    for key, value in block.items():
+        if key == "metric":
+            continue
+        if key not in CELL_KEYS:
+            raise _fail(where, f"unknown cell key {key!r}; expected one of {', '.join(CELL_KEYS)}, 'metric', "
+                               f"or {', '.join(_EXPLICIT_KEYS[:3])} for an explicit block")
+        if isinstance(value, list):
+            if not value:
+                raise _fail(f"{where}: {key}", "expected a non-empty list of values")
+            values = [_name(v, f"{where}: {key}", "a value") for v in value]
+            if len(set(values)) != len(values):
+                raise _fail(f"{where}: {key}", f"lists a value twice: {values}")
+            axes.append((key, values))
+        else:
+            _name(value, f"{where}: {key}", "a value or a list of values")
+    axis_keys = [k for k, _ in axes]
+    out = []
+    for combo in itertools.product(*(values for _, values in axes)):
+        chosen = dict(zip(axis_keys, combo))
+        match = {k: (chosen[k] if k in chosen else v) for k, v in block.items() if k != "metric"}
+        out.append((tuple(combo), match))
+    return axis_keys, out, metric
 
-# TANGO trains on full data sets, so its synthetic evidence uses the full-data synthetic split
-# (conf/data/synthetic_full.yaml), not the 16-shot one.
-SYNTHETIC_TANGO_DATA = "synthetic_full"
 
-SYNTHETIC_TANGO = TableSpec(
-    name="synthetic_tango",
-    title="Synthetic (full-data split) evidence for TANGO's claims (best test acc, %; zero-shot: its single evaluation)",
-    paper_csv=None,
-    row_key_names=("model",),
-    rows=(
-        # Zero-shot has no epochs, so its only accuracy is test/acc.
-        RowSpec(("zeroshot",), {"model": "zeroshot", "data": SYNTHETIC_TANGO_DATA}, metric=ACC),
-        *_model_rows(("tango_linear_visual", "tango_visual_only", "tango_semantic_only", "tango"),
-                     data=SYNTHETIC_TANGO_DATA),
-        # the baselines of TANGO's tables beside it (issue 11's evidence: sym40 and sym60)
-        *_model_rows(("ft_ce", *TANGO_BASELINES), data=SYNTHETIC_TANGO_DATA),
-    ),
-    columns=_noise_columns(("sym40", "sym60", "inst40", "asym30")),
-    metric=ACC_BEST,
-)
+def _is_explicit(block: Mapping[str, Any]) -> bool:
+    return any(k in block for k in ("label", "labels", "match"))
 
-TABLES: dict[str, TableSpec] = {
-    spec.name: spec
-    for spec in (
-        DPSEP_TABLE1, DPSEP_TABLE2, DPSEP_TABLE3, DPSEP_TABLE4,
-        TANGO_TABLE1, TANGO_TABLE2, TANGO_TABLE3, TANGO_TABLE4,
-        SYNTHETIC_MINI, SYNTHETIC_DPSEP, SYNTHETIC_TANGO,
-    )
-}
+
+def _rows(value: Any, where: str, keys: tuple[str, ...]) -> tuple[RowSpec, ...]:
+    rows: list[RowSpec] = []
+    for at, block in _blocks(value, where):
+        if _is_explicit(block):
+            labels, match, metric = _explicit(block, at)
+            if len(labels) != len(keys):
+                raise _fail(at, f"{len(labels)} label(s) {list(labels)} for {len(keys)} row key name(s) {list(keys)}")
+            rows.append(RowSpec(labels, match, metric))
+            continue
+        axis_keys, combos, metric = _product(block, at)
+        if len(axis_keys) != len(keys):
+            raise _fail(at, f"{len(axis_keys)} list-valued key(s) {axis_keys} give {len(axis_keys)} label(s) per row, "
+                            f"but `keys` names {len(keys)} row label column(s) {list(keys)}")
+        rows += [RowSpec(labels, match, metric) for labels, match in combos]
+    return tuple(rows)
+
+
+def _columns(value: Any, where: str) -> tuple[ColumnSpec, ...]:
+    columns: list[ColumnSpec] = []
+    for at, block in _blocks(value, where):
+        if _is_explicit(block):
+            labels, match, metric = _explicit(block, at)
+            if len(labels) != 1:
+                raise _fail(at, f"a column has one label, got {list(labels)}")
+            if match is None:
+                raise _fail(f"{at}: match", "a column needs a match (null is for paper-only rows)")
+            columns.append(ColumnSpec(labels[0], match, metric))
+            continue
+        axis_keys, combos, metric = _product(block, at)
+        if len(axis_keys) != 1:
+            raise _fail(at, f"a column block has exactly one list-valued key (its values are the column labels), "
+                            f"got {len(axis_keys)}: {axis_keys}")
+        columns += [ColumnSpec(labels[0], match, metric) for labels, match in combos]
+    return tuple(columns)
+
+
+def _column_metrics(value: Any, where: str, columns: tuple[ColumnSpec, ...]) -> tuple[ColumnSpec, ...]:
+    if not isinstance(value, Mapping) or not value:
+        raise _fail(where, f'expected a mapping label pattern -> metric, e.g. {{"{{}}": {ACC}, "{{}}_best": {ACC_BEST}}}, '
+                           f"got {value!r}")
+    out = []
+    for pattern, metric in value.items():
+        if not isinstance(pattern, str) or pattern.count("{}") != 1:
+            raise _fail(where, f"label pattern {pattern!r} must hold '{{}}' once (where the column's label goes)")
+        metric = _metric(metric, f"{where}: {pattern}")
+        out += [ColumnSpec(pattern.replace("{}", c.label), dict(c.match), metric) for c in columns]
+    return tuple(out)
+
+
+def _paper_csv(value: Any, where: str, keys: tuple[str, ...]) -> str:
+    name = _name(value, where, "a file name under noisy_prompt/reporting/paper_tables/")
+    path = resources.files(__package__).joinpath("paper_tables", name)
+    if not path.is_file():
+        known = sorted(p.name for p in resources.files(__package__).joinpath("paper_tables").iterdir()
+                       if p.name.endswith(".csv"))
+        raise _fail(where, f"paper CSV {name!r} not found in noisy_prompt/reporting/paper_tables/; "
+                           f"known: {', '.join(known)}")
+    try:
+        header, _ = read_paper_csv(name)
+    except ValueError as err:
+        raise _fail(where, str(err)) from None
+    if tuple(header[:len(keys)]) != keys:
+        raise _fail(where, f"paper CSV {name} key columns {header[:len(keys)]} != layout keys {list(keys)}")
+    return name
+
+
+def parse_layout(name: str, raw: Any, where: str) -> TableSpec:
+    """The TableSpec of one `layout:` mapping (`where`: "<file>: layout", for error messages)."""
+    if not isinstance(raw, Mapping):
+        raise _fail(where, f"expected a mapping with keys {', '.join(_LAYOUT_KEYS)}, got {raw!r}")
+    unknown = [k for k in raw if k not in _LAYOUT_KEYS]
+    if unknown:
+        raise _fail(where, f"unknown key(s) {unknown}; expected {', '.join(_LAYOUT_KEYS)}")
+    title = _name(raw.get("title"), f"{where}: title", "a title")
+    raw_keys = raw.get("keys")
+    if not isinstance(raw_keys, list) or not raw_keys:
+        raise _fail(f"{where}: keys", f"expected a non-empty list of row label column names (the paper CSV's "
+                                      f"key columns), got {raw_keys!r}")
+    keys = tuple(_name(k, f"{where}: keys") for k in raw_keys)
+    metric = _metric(raw["metric"], f"{where}: metric") if "metric" in raw else ACC
+
+    def paper_csv() -> str | None:  # checked last: the layout's own errors are the more specific
+        return _paper_csv(raw["paper_csv"], f"{where}: paper_csv", keys) if raw.get("paper_csv") is not None else None
+
+    if "discover" in raw:
+        clash = [k for k in ("rows", "columns", "column_metrics") if k in raw]
+        if clash:
+            raise _fail(where, f"'discover' takes rows and columns from the results; drop {clash}")
+        d = raw["discover"]
+        at = f"{where}: discover"
+        if not isinstance(d, Mapping) or set(d) - set(_DISCOVER_KEYS) or not {"rows", "columns"} <= set(d):
+            raise _fail(at, f"expected {{rows: <cell key>, columns: <cell key>, match: {{...}}}}, got {d!r}")
+        for k in ("rows", "columns"):
+            if d[k] not in CELL_KEYS:
+                raise _fail(f"{at}: {k}", f"unknown cell key {d[k]!r}; expected one of {', '.join(CELL_KEYS)}")
+        if len(keys) != 1:
+            raise _fail(f"{where}: keys", f"a discovered table has one row label column, got {list(keys)}")
+        discover = DiscoverSpec(d["rows"], d["columns"], _match(d.get("match", {}), f"{at}: match"))
+        return TableSpec(name=name, title=title, paper_csv=paper_csv(), row_key_names=keys, rows=(), columns=(),
+                         metric=metric, discover=discover)
+    for k in ("rows", "columns"):
+        if k not in raw:
+            raise _fail(where, f"missing '{k}' (or give 'discover')")
+    rows = _rows(raw["rows"], f"{where}: rows", keys)
+    columns = _columns(raw["columns"], f"{where}: columns")
+    if "column_metrics" in raw:
+        columns = _column_metrics(raw["column_metrics"], f"{where}: column_metrics", columns)
+    for what, labels in (("row", [r.labels for r in rows]), ("column", [c.label for c in columns])):
+        twice = sorted({str(x) for x in labels if labels.count(x) > 1})
+        if twice:
+            raise _fail(f"{where}: {what}s", f"{what} label(s) {', '.join(twice)} appear twice")
+    spec = TableSpec(name=name, title=title, paper_csv=paper_csv(), row_key_names=keys, rows=rows,
+                     columns=columns, metric=metric)
+    for row in rows:  # every cell's filter composes (a row and a column never set one key two ways)
+        for col in columns:
+            try:
+                spec.cell_filter(row, col)
+            except ValueError as err:
+                raise _fail(where, str(err)) from None
+    return spec
+
+
+def tables_from_file(path: str | Path) -> list[TableSpec]:
+    """The tables whose layout a sweep file holds (its own, and any stage's with its own sweep name)."""
+    from noisy_prompt.sweep import SweepFileError, read_layouts  # noqa: PLC0415  (the sweep runner's reader)
+
+    try:
+        layouts = read_layouts(path)
+    except SweepFileError as err:
+        raise LayoutError(str(err)) from None
+    return [parse_layout(lay.table, lay.raw, lay.where) for lay in layouts]
+
+
+def load_tables(sweeps_dir: str | Path | None = None) -> dict[str, TableSpec]:
+    """Every table with a `layout:` in `sweeps_dir` (default: the repository's sweeps/), in TABLE_ORDER."""
+    from noisy_prompt.sweep import SWEEPS_DIR  # noqa: PLC0415
+
+    found: dict[str, tuple[TableSpec, Path]] = {}
+    for path in sorted(Path(sweeps_dir or SWEEPS_DIR).glob("*.yaml")):
+        for spec in tables_from_file(path):
+            if spec.name in found:
+                raise LayoutError(f"{path}: a layout for table {spec.name!r}, which {found[spec.name][1]} "
+                                  "already lays out; a table has one layout")
+            found[spec.name] = (spec, path)
+    rank = {name: i for i, name in enumerate(TABLE_ORDER)}
+    return {name: found[name][0] for name in sorted(found, key=lambda n: (rank.get(n, len(rank)), n))}
+
+
+@functools.lru_cache(maxsize=1)
+def _tables() -> dict[str, TableSpec]:
+    return load_tables()
+
+
+class _Tables(Mapping[str, TableSpec]):
+    """name -> TableSpec of every sweep file's layout, read on first use."""
+
+    def __getitem__(self, name: str) -> TableSpec:
+        return _tables()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_tables())
+
+    def __len__(self) -> int:
+        return len(_tables())
+
+    def __repr__(self) -> str:
+        return f"TABLES({', '.join(self)})"
+
+
+TABLES: Mapping[str, TableSpec] = _Tables()
 
 
 def get_table(name: str) -> TableSpec:
@@ -324,93 +469,3 @@ def get_table(name: str) -> TableSpec:
         return TABLES[name]
     except KeyError:
         raise KeyError(f"unknown table {name!r}; known tables: {', '.join(TABLES)}") from None
-
-
-# --------------------------------------------------------------------------------------------------
-# Readings of the papers' ambiguous parts (issue 13): one row per reading/preset (each a `model=` name),
-# beside the baselines. DP-SEP tables show the last epoch (test/acc, the paper's protocol) and the best
-# epoch (test/acc_best, the test split being evaluated every epoch in these sweeps); TANGO tables the
-# best epoch (the paper's), the last epoch and the TAC before training (test/acc_epoch0).
-
-ACC_EPOCH0 = "test/acc_epoch0"  # TANGO: the TAC with the same anchors before any training
-
-DPSEP_READING_MODELS = ("zeroshot", "coop", "ptnl", "ptnl_ce", "dpsep", "dpsep_printed", "dpsep_gate",
-                        "dpsep_asum", "dpsep_phrase")
-TANGO_READING_MODELS = ("tango", "tango_literal", "tango_ssr_mixup", "tango_weighted_knn")
-
-
-def _last_and_best_columns(noises: tuple[str, ...], **match: str) -> tuple[ColumnSpec, ...]:
-    """`<noise>` = last epoch (test/acc), `<noise>_best` = best epoch (test/acc_best), per noise setting."""
-    return (*(ColumnSpec(n, {"noise": n, **match}, ACC) for n in noises),
-            *(ColumnSpec(f"{n}_best", {"noise": n, **match}, ACC_BEST) for n in noises))
-
-
-def _best_last_epoch0_columns(columns: tuple[tuple[str, Mapping[str, str]], ...]) -> tuple[ColumnSpec, ...]:
-    """`<label>` = best epoch (TANGO's number), `<label>_last`, `<label>_epoch0` for each (label, match)."""
-    return (*(ColumnSpec(label, dict(m), ACC_BEST) for label, m in columns),
-            *(ColumnSpec(f"{label}_last", dict(m), ACC) for label, m in columns),
-            *(ColumnSpec(f"{label}_epoch0", dict(m), ACC_EPOCH0) for label, m in columns))
-
-
-SYNTHETIC_READINGS_DPSEP = TableSpec(
-    name="synthetic_readings_dpsep",
-    title="Synthetic world: DP-SEP readings beside the baselines (test acc, %: last epoch | best epoch)",
-    paper_csv=None,
-    row_key_names=("model",),
-    rows=_model_rows((*DPSEP_READING_MODELS, "dp", "sep", "sep_no_perturbation"), data="synthetic"),
-    columns=_last_and_best_columns(("clean", "sym50", "sym80")),
-    metric=ACC,
-)
-
-DPSEP_READINGS = TableSpec(
-    name="dpsep_readings",
-    title="DP-SEP readings on OxfordPets and UCF101 (test acc, %: last epoch | best epoch; paper: Table 1)",
-    paper_csv="dpsep_table1_synthetic.csv",
-    row_key_names=("dataset", "method"),
-    rows=tuple(RowSpec((d, m), {"data": d, "model": m}) for d in ("oxford_pets", "ucf101") for m in DPSEP_READING_MODELS),
-    columns=_last_and_best_columns(("sym50", "sym80", "inst60")),
-    metric=ACC,
-)
-
-SYNTHETIC_READINGS_TANGO_MODELS = (*TANGO_READING_MODELS, "tango_linear_visual", "tango_visual_only",
-                                   "tango_semantic_only", "tango_trainable_anchors", "tango_simple_prompts")
-_SYNTHETIC_TANGO_COLUMNS = tuple((n, {"noise": n}) for n in ("clean", "sym40", "sym60"))
-
-SYNTHETIC_READINGS_TANGO = TableSpec(
-    name="synthetic_readings_tango",
-    title="Synthetic world (full data, recipe scaled to the world): TANGO readings and ablations, ft_ce "
-          "(test acc, %: best epoch | last epoch | TAC before training)",
-    paper_csv=None,
-    row_key_names=("model",),
-    rows=_model_rows((*SYNTHETIC_READINGS_TANGO_MODELS, "ft_ce"), data=SYNTHETIC_TANGO_DATA),
-    columns=_best_last_epoch0_columns(_SYNTHETIC_TANGO_COLUMNS),
-    metric=ACC_BEST,
-)
-
-SYNTHETIC_READINGS_TANGO_PAPER_RECIPE = TableSpec(
-    name="synthetic_readings_tango_paper_recipe",
-    title="Synthetic world (full data, TANGO's published k = 200 and lr 5e-4): TANGO readings and ablations "
-          "(test acc, %: best epoch | last epoch | TAC before training)",
-    paper_csv=None,
-    row_key_names=("model",),
-    rows=_model_rows(SYNTHETIC_READINGS_TANGO_MODELS, data=SYNTHETIC_TANGO_DATA),
-    columns=_best_last_epoch0_columns(_SYNTHETIC_TANGO_COLUMNS),
-    metric=ACC_BEST,
-)
-
-TANGO_READINGS = TableSpec(
-    name="tango_readings",
-    title="TANGO readings and ablations on CIFAR-100 sym40 and CIFAR-100N "
-          "(test acc, %: best epoch | last epoch | TAC before training; paper: Table 3)",
-    paper_csv="tango_table3_ablation.csv",
-    row_key_names=("variant",),
-    # the ablations keep the paper's variant names, so Table 3's numbers line up beside them
-    rows=(*(RowSpec((variant,), {"model": model}) for variant, model in TANGO_VARIANTS),
-          *(RowSpec((m,), {"model": m}) for m in TANGO_READING_MODELS[1:])),
-    columns=_best_last_epoch0_columns((("sym40", {"data": "cifar100", "noise": "sym40"}),
-                                       ("cifar100n", {"data": "cifar100n", "noise": "real"}))),
-    metric=ACC_BEST,
-)
-
-TABLES.update({spec.name: spec for spec in (SYNTHETIC_READINGS_DPSEP, DPSEP_READINGS, SYNTHETIC_READINGS_TANGO,
-                                            SYNTHETIC_READINGS_TANGO_PAPER_RECIPE, TANGO_READINGS)})
