@@ -410,3 +410,46 @@ def test_python_dash_m_entry_point(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "84.00 (n=1) · paper 85.08" in proc.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["res"]  # nothing written into the cwd
+
+
+# ---------------------------------------------------------------------------------------------- --plot
+
+
+def test_plot_draws_one_line_per_row_against_the_noise_rate(tmp_path):
+    """synthetic_readings_dpsep prints each noise twice (last | best epoch): the plot draws the table's own
+    metric (the last epoch) once per noise, x = the rate, y = mean ± std of exactly the seeds found."""
+    runs = tmp_path / "runs"
+    for seed, (clean, s50) in enumerate([(80.0, 70.0), (82.0, 60.0)], start=1):
+        for noise, acc in (("clean", clean), ("sym50", s50)):
+            write_run(runs, f"ptnl/{noise}/{seed}", model="ptnl", data="synthetic", noise=noise, seed=seed,
+                      backbone="synthetic", metrics={"test/acc": acc, "test/acc_best": acc + 5.0})
+    write_run(runs, "coop/sym80/1", model="coop", data="synthetic", noise="sym80", seed=1, backbone="synthetic",
+              metrics={"test/acc": 30.0, "test/acc_best": 40.0})
+    table = aggregate(runs, "synthetic_readings_dpsep")
+    columns, xs, series = table.plot_series()
+    assert columns == ["clean", "sym50", "sym80"] and xs == [0.0, 50.0, 80.0]
+    assert set(series) == {"ptnl", "coop"}  # rows without a number are left out
+    ptnl = {columns[i]: (c.mean, c.std) for i, c in series["ptnl"]}
+    assert ptnl["clean"] == pytest.approx((81.0, math.sqrt(2.0)))
+    assert ptnl["sym50"] == pytest.approx((65.0, math.sqrt(50.0)))
+    assert [columns[i] for i, _ in series["coop"]] == ["sym80"]
+    _, _, best = table.plot_series("test/acc_best")
+    assert {columns[i]: c.mean for i, c in best["ptnl"]} == {"clean": 86.0, "sym50": 70.0}
+
+    png = tmp_path / "fig" / "readings.png"
+    assert main([str(runs), "--table", "synthetic_readings_dpsep", "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_of_mixed_columns_is_categorical_and_an_empty_table_is_an_error(tmp_path, capsys):
+    from noisy_prompt.reporting.aggregate import _noise_rates
+
+    assert _noise_rates(["clean", "sym12.5", "sym25"]) == [0.0, 12.5, 25.0]
+    assert _noise_rates(["sym40", "inst40"]) is None  # two families: no common rate axis
+    assert _noise_rates(["cifar100n", "animal10n"]) is None
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty"), "--table", "tango_table1", "--plot", str(tmp_path / "x.png")]) == 2
+    assert "no test/acc_best numbers" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "empty"), "--table", "all", "--plot", str(tmp_path / "x.png")])

@@ -8,7 +8,7 @@ one table per hyperparameter (rows: cells, columns: the values of KEY) and a lin
 Each printed cell is mean ± sample std (ddof=1) over seeds, with n, the paper's number and
 Δ = ours − paper. Missing cells print "—" (never 0), failed cells print "failed".
 
-CLI: python -m noisy_prompt.aggregate <root> --table dpsep_table1 [--format md|csv|latex] [--out FILE]
+CLI: python -m noisy_prompt.aggregate <root> --table dpsep_table1 [--format md|csv|latex] [--out FILE] [--plot PNG]
      python -m noisy_prompt.aggregate <root> --label-issues [--format md|csv]   (or --table label_issues)
      python -m noisy_prompt.aggregate <root> --by model.lam [--by model.sigma ...] [--metric test/acc] [--plot-dir DIR]
 """
@@ -223,10 +223,80 @@ class AggregatedTable:
             writer.writerow(row)
         return buf.getvalue()
 
+    def plot_series(self, metric: str | None = None) -> tuple[list[str], list[float] | None, dict[str, list[tuple[int, CellResult]]]]:
+        """What `plot` draws: (x labels, numeric x or None, {row label: [(column index, cell), ...]}).
+
+        Only the columns whose cells report `metric` (default: the table's own metric, e.g. the last epoch
+        for DP-SEP, the best epoch for TANGO) are drawn, so a table that prints the same noise twice (last |
+        best) gives one line per row, not a zigzag. The x axis is the noise rate in % when every drawn
+        column is `clean` or one noise family at several rates (sym40, sym60), else the column labels in
+        table order. Rows without a single number are left out; missing cells leave gaps."""
+        metric = metric or self.spec.metric
+        columns = [c for c in self.column_labels
+                   if any(self.cells[(r, c)].metric == metric for r in self.row_labels)]
+        xs = _noise_rates(columns)
+        series: dict[str, list[tuple[int, CellResult]]] = {}
+        for labels in self.row_labels:
+            pts = [(i, self.cells[(labels, c)]) for i, c in enumerate(columns)
+                   if self.cells[(labels, c)].mean is not None and self.cells[(labels, c)].metric == metric]
+            if pts:
+                series[" / ".join(labels)] = pts
+        return columns, xs, series
+
+    def plot(self, path: str | Path, metric: str | None = None) -> Path:
+        """A line plot of the table: accuracy (mean ± sample std over seeds) against the columns, one line
+        per row (method / reading). Raises ValueError when the table has no number to draw."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        metric = metric or self.spec.metric
+        columns, xs, series = self.plot_series(metric)
+        if not series:
+            raise ValueError(f"table {self.spec.name}: no {metric} numbers under {self.root} to plot")
+        pos = xs if xs is not None else list(range(len(columns)))
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        for label, pts in series.items():
+            ax.errorbar([pos[i] for i, _ in pts], [c.mean for _, c in pts], yerr=[c.std or 0.0 for _, c in pts],
+                        marker="o", capsize=3, label=label)
+        ax.set_xticks(pos, columns)
+        ax.set_xlabel("noise rate (%)" if xs is not None else "column")
+        ax.set_ylabel(f"{metric} (mean ± std over seeds)")
+        ax.set_title(self.spec.title, fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return path
+
     def _legend(self, style: "_Style") -> str:
         return (f"Cells: ours = mean {style.pm} sample std (ddof=1) over n seeds of {self.metric_description()}"
                 f"{style.sep}paper = published number{style.sep}{style.delta} = ours {style.minus} paper; "
                 f"{style.dash} = not found; n/a = not run by this project.")
+
+
+def _noise_rates(columns: Sequence[str]) -> list[float] | None:
+    """[0, 40, 60] for ["clean", "sym40", "sym60"]; None unless every label is `clean` or one family
+    (letters) followed by a rate, so mixed columns (datasets, sym vs inst) stay categorical."""
+    import re
+
+    rates, families = [], set()
+    for c in columns:
+        if c == "clean":
+            rates.append(0.0)
+            continue
+        m = re.fullmatch(r"([a-z_]+?)(\d+(?:\.\d+)?)", c)
+        if not m:
+            return None
+        families.add(m.group(1))
+        rates.append(float(m.group(2)))
+    if len(families) > 1 or len(set(rates)) != len(rates):
+        return None
+    return rates
 
 
 def _num(x: float | None) -> str:
@@ -687,6 +757,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metric", default="test/acc", help="metric of the --by tables (default test/acc)")
     parser.add_argument("--plot-dir", type=Path, default=None,
                         help="where the --by line plots go (default: the results root)")
+    parser.add_argument("--plot", type=Path, default=None, metavar="PNG",
+                        help="also draw the table as a line plot (mean ± std over seeds vs the columns, one line "
+                             "per row) into this file; one table only")
     parser.add_argument("--label-issues", action="store_true",
                         help=f"the label-issue comparison table (same as --table {LABEL_ISSUE_TABLE}): precision/recall "
                              f"of the clean verdicts of {', '.join(LABEL_ISSUE_METHODS)} per noise cell (md or csv)")
@@ -760,6 +833,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("a results root and --table (or --by KEY) are required (or --list)")
     if args.table != "all" and args.table not in TABLES:
         parser.error(f"unknown table {args.table!r}; known: {', '.join(TABLES)}, all")
+    if args.table == "all" and args.plot is not None:
+        parser.error("--plot draws one table; pick one with --table")
     if args.table == "all" and args.format == "csv":
         parser.error("--table all cannot be written as one CSV; pick one table")
     try:
@@ -775,6 +850,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out.write_text(text, encoding="utf-8")
     else:
         sys.stdout.write(text)
+    if args.plot is not None:
+        try:
+            print(f"plot: {tables[0].plot(args.plot)}", file=sys.stderr)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     warnings = list(dict.fromkeys(w for t in tables for w in t.warnings))
     for note in loaded.notes:
         print(f"note: {note}", file=sys.stderr)
