@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed
 ENV := HF_HUB_OFFLINE=1
 TEST_ENV := $(ENV) WANDB_MODE=disabled
 TABLE ?= synthetic_mini
+# Test processes (pytest-xdist): one per core; ARGS="-n 0" runs the suite serially (e.g. under a debugger).
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
+PYTEST_PAR = -n $(TEST_WORKERS) --dist worksteal
 ARGS ?=
 
 .PHONY: install run test test-fast sweep aggregate bench bench-gpu pretrain calibrate clean
@@ -26,11 +29,11 @@ run: install
 	$(ENV) $(BIN)/python -m noisy_prompt.run $(ARGS)
 
 test: install
-	@$(TEST_ENV) $(BIN)/pytest -q $(ARGS); rc=$$?; \
+	@$(TEST_ENV) $(BIN)/pytest -q $(PYTEST_PAR) $(ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: treating as a failure"; exit 1; fi; exit $$rc
 
 test-fast: install
-	$(TEST_ENV) $(BIN)/pytest -q -m "not slow" $(ARGS)
+	$(TEST_ENV) $(BIN)/pytest -q $(PYTEST_PAR) -m "not slow" $(ARGS)
 
 LOGS = $${NOISY_PROMPT_LOGS:-$$HOME/noisy_prompt/runs}
 

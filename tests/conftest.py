@@ -9,7 +9,15 @@ os.environ["WANDB_MODE"] = os.environ.get("WANDB_MODE", "disabled")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# `make test` runs the suite in parallel processes (pytest-xdist, one per core): each worker, and every
+# subprocess a test starts, then gets an equal share of the cores instead of all of them, because
+# oversubscribed cores run torch many times slower. A serial run (`-n 0`) keeps up to 2 threads.
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_threads = max(1, min(2, (os.cpu_count() or 1) // _workers))
+if _workers > 1:
+    os.environ["OMP_NUM_THREADS"] = str(_threads)
+    os.environ["MKL_NUM_THREADS"] = str(_threads)
+torch.set_num_threads(min(_threads, torch.get_num_threads()))
 
 
 @pytest.fixture(autouse=True, scope="session")
