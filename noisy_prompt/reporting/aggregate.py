@@ -246,37 +246,48 @@ class AggregatedTable:
     def plot(self, path: str | Path, metric: str | None = None) -> Path:
         """A line plot of the table: accuracy (mean ± sample std over seeds) against the columns, one line
         per row (method / reading). Raises ValueError when the table has no number to draw."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         metric = metric or self.spec.metric
         columns, xs, series = self.plot_series(metric)
         if not series:
             raise ValueError(f"table {self.spec.name}: no {metric} numbers under {self.root} to plot")
         pos = xs if xs is not None else list(range(len(columns)))
-        fig, ax = plt.subplots(figsize=(6.5, 4.2))
-        for label, pts in series.items():
-            ax.errorbar([pos[i] for i, _ in pts], [c.mean for _, c in pts], yerr=[c.std or 0.0 for _, c in pts],
-                        marker="o", capsize=3, label=label)
-        ax.set_xticks(pos, columns)
-        ax.set_xlabel("noise rate (%)" if xs is not None else "column")
-        ax.set_ylabel(f"{metric} (mean ± std over seeds)")
-        ax.set_title(self.spec.title, fontsize=8)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return path
+        return _line_plot(path, [(label, [pos[i] for i, _ in pts], [c for _, c in pts]) for label, pts in series.items()],
+                          xticks=(pos, columns), xlabel="noise rate (%)" if xs is not None else "column",
+                          ylabel=f"{metric} (mean ± std over seeds)", title=self.spec.title, size=(6.5, 4.2))
 
     def _legend(self, style: "_Style") -> str:
         return (f"Cells: ours = mean {style.pm} sample std (ddof=1) over n seeds of {self.metric_description()}"
                 f"{style.sep}paper = published number{style.sep}{style.delta} = ours {style.minus} paper; "
                 f"{style.dash} = not found; n/a = not run by this project.")
+
+
+def _line_plot(path: str | Path, series: Iterable[tuple[str, Sequence[float], Sequence[CellResult]]], *,
+               xticks: tuple[Sequence[float], Sequence[str]] | None, xlabel: str, ylabel: str,
+               title: str | None = None, size: tuple[float, float] = (6.0, 4.0)) -> Path:
+    """One errorbar line (mean ± sample std over seeds) per (label, xs, cells); the PNG at `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=size)
+    for label, xs, cells in series:
+        ax.errorbar(list(xs), [c.mean for c in cells], yerr=[c.std or 0.0 for c in cells],
+                    marker="o", capsize=3, label=label)
+    if xticks is not None:
+        ax.set_xticks(*xticks)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def _noise_rates(columns: Sequence[str]) -> list[float] | None:
@@ -514,32 +525,15 @@ class SensitivityTable:
         return "\n".join(lines) + "\n"
 
     def plot(self, path: Path) -> Path:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         numeric = all(_is_number(v) for v in self.values)
         xs = [float(v) for v in self.values] if numeric else list(range(len(self.values)))
-        fig, ax = plt.subplots(figsize=(6, 4))
+        series = []
         for row in self.rows:
             pts = [(x, self.cells[(row, v)]) for x, v in zip(xs, self.values) if self.cells[(row, v)].mean is not None]
-            if not pts:
-                continue
-            ax.errorbar([x for x, _ in pts], [c.mean for _, c in pts], yerr=[c.std or 0.0 for _, c in pts],
-                        marker="o", capsize=3, label=row.label())
-        if not numeric:
-            ax.set_xticks(xs, self.values)
-        ax.set_xlabel(self.by)
-        ax.set_ylabel(self.metric)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return path
+            if pts:
+                series.append((row.label(), [x for x, _ in pts], [c for _, c in pts]))
+        return _line_plot(path, series, xticks=None if numeric else (xs, self.values), xlabel=self.by,
+                          ylabel=self.metric)
 
 
 def _is_number(v: str) -> bool:
