@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import math
+import re
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -237,8 +238,8 @@ class AggregatedTable:
         xs = _noise_rates(columns)
         series: dict[str, list[tuple[int, CellResult]]] = {}
         for labels in self.row_labels:
-            pts = [(i, self.cells[(labels, c)]) for i, c in enumerate(columns)
-                   if self.cells[(labels, c)].mean is not None and self.cells[(labels, c)].metric == metric]
+            row = [(i, self.cells[(labels, c)]) for i, c in enumerate(columns)]
+            pts = [(i, cell) for i, cell in row if cell.mean is not None and cell.metric == metric]
             if pts:
                 series[" / ".join(labels)] = pts
         return columns, xs, series
@@ -293,8 +294,6 @@ def _line_plot(path: str | Path, series: Iterable[tuple[str, Sequence[float], Se
 def _noise_rates(columns: Sequence[str]) -> list[float] | None:
     """[0, 40, 60] for ["clean", "sym40", "sym60"]; None unless every label is `clean` or one family
     (letters) followed by a rate, so mixed columns (datasets, sym vs inst) stay categorical."""
-    import re
-
     rates, families = [], set()
     for c in columns:
         if c == "clean":
