@@ -441,6 +441,29 @@ def test_plot_draws_one_line_per_row_against_the_noise_rate(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_plot_rows_keeps_the_listed_rows_in_order_and_names_the_valid_ones(tmp_path, capsys):
+    """One table, one figure per claim: --plot-rows draws only the rows it lists, in its order."""
+    runs = tmp_path / "runs"
+    for model, acc in (("ptnl", 70.0), ("coop", 50.0), ("dpsep_gate", 69.0)):
+        write_run(runs, f"{model}/sym50/1", model=model, data="synthetic", noise="sym50", seed=1,
+                  backbone="synthetic", metrics={"test/acc": acc, "test/acc_best": acc})
+    table = aggregate(runs, "synthetic_readings_dpsep")
+    _, _, series = table.plot_series(rows=["dpsep_gate", "ptnl"])
+    assert list(series) == ["dpsep_gate", "ptnl"]
+    assert [c.mean for _, c in series["dpsep_gate"]] == [69.0]
+    with pytest.raises(ValueError, match="no row 'dpsep_gat'.*its rows: zeroshot, coop"):
+        table.plot_series(rows=["dpsep_gat"])
+
+    png = tmp_path / "claim.png"
+    assert main([str(runs), "--table", "synthetic_readings_dpsep", "--plot", str(png), "--plot-rows", "ptnl,coop"]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main([str(runs), "--table", "synthetic_readings_dpsep", "--plot", str(tmp_path / "bad.png"),
+                 "--plot-rows", "nope"]) == 2
+    assert "no row 'nope'" in capsys.readouterr().err and not (tmp_path / "bad.png").exists()
+    with pytest.raises(SystemExit):  # --plot-rows without --plot
+        main([str(runs), "--table", "synthetic_readings_dpsep", "--plot-rows", "ptnl"])
+
+
 def test_plot_of_mixed_columns_is_categorical_and_an_empty_table_is_an_error(tmp_path, capsys):
     from noisy_prompt.reporting.aggregate import _noise_rates
 

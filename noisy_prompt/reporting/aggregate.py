@@ -224,31 +224,46 @@ class AggregatedTable:
             writer.writerow(row)
         return buf.getvalue()
 
-    def plot_series(self, metric: str | None = None) -> tuple[list[str], list[float] | None, dict[str, list[tuple[int, CellResult]]]]:
+    def plot_series(self, metric: str | None = None, rows: Sequence[str] | None = None
+                    ) -> tuple[list[str], list[float] | None, dict[str, list[tuple[int, CellResult]]]]:
         """What `plot` draws: (x labels, numeric x or None, {row label: [(column index, cell), ...]}).
 
         Only the columns whose cells report `metric` (default: the table's own metric, e.g. the last epoch
         for DP-SEP, the best epoch for TANGO) are drawn, so a table that prints the same noise twice (last |
         best) gives one line per row, not a zigzag. The x axis is the noise rate in % when every drawn
         column is `clean` or one noise family at several rates (sym40, sym60), else the column labels in
-        table order. Rows without a single number are left out; missing cells leave gaps."""
+        table order. Rows without a single number are left out; missing cells leave gaps. `rows` (row labels
+        as printed, e.g. model names) keeps only those rows, in that order, so one table can give one figure
+        per claim; an unknown label raises ValueError naming the valid ones."""
         metric = metric or self.spec.metric
+        row_labels = self._select_rows(rows)
         columns = [c for c in self.column_labels
-                   if any(self.cells[(r, c)].metric == metric for r in self.row_labels)]
+                   if any(self.cells[(r, c)].metric == metric for r in row_labels)]
         xs = _noise_rates(columns)
         series: dict[str, list[tuple[int, CellResult]]] = {}
-        for labels in self.row_labels:
+        for labels in row_labels:
             row = [(i, self.cells[(labels, c)]) for i, c in enumerate(columns)]
             pts = [(i, cell) for i, cell in row if cell.mean is not None and cell.metric == metric]
             if pts:
                 series[" / ".join(labels)] = pts
         return columns, xs, series
 
-    def plot(self, path: str | Path, metric: str | None = None) -> Path:
+    def _select_rows(self, rows: Sequence[str] | None) -> list:
+        if not rows:
+            return list(self.row_labels)
+        by_name = {" / ".join(labels): labels for labels in self.row_labels}
+        unknown = [r for r in rows if r not in by_name]
+        if unknown:
+            raise ValueError(f"table {self.spec.name} has no row {', '.join(map(repr, unknown))}; "
+                             f"its rows: {', '.join(by_name)}")
+        return [by_name[r] for r in dict.fromkeys(rows)]
+
+    def plot(self, path: str | Path, metric: str | None = None, rows: Sequence[str] | None = None) -> Path:
         """A line plot of the table: accuracy (mean ± sample std over seeds) against the columns, one line
-        per row (method / reading). Raises ValueError when the table has no number to draw."""
+        per row (method / reading), or per row listed in `rows`. Raises ValueError when the table has no
+        number to draw or `rows` names a row it does not have."""
         metric = metric or self.spec.metric
-        columns, xs, series = self.plot_series(metric)
+        columns, xs, series = self.plot_series(metric, rows)
         if not series:
             raise ValueError(f"table {self.spec.name}: no {metric} numbers under {self.root} to plot")
         pos = xs if xs is not None else list(range(len(columns)))
@@ -753,6 +768,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plot", type=Path, default=None, metavar="PNG",
                         help="also draw the table as a line plot (mean ± std over seeds vs the columns, one line "
                              "per row) into this file; one table only")
+    parser.add_argument("--plot-rows", default=None, metavar="ROW[,ROW...]",
+                        help="draw only these rows (their printed labels, e.g. model names), in this order")
     parser.add_argument("--label-issues", action="store_true",
                         help=f"the label-issue comparison table (same as --table {LABEL_ISSUE_TABLE}): precision/recall "
                              f"of the clean verdicts of {', '.join(LABEL_ISSUE_METHODS)} per noise cell (md or csv)")
@@ -828,6 +845,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown table {args.table!r}; known: {', '.join(TABLES)}, all")
     if args.table == "all" and args.plot is not None:
         parser.error("--plot draws one table; pick one with --table")
+    if args.plot_rows is not None and args.plot is None:
+        parser.error("--plot-rows chooses the rows of --plot; add --plot FILE.png")
+    rows = [r.strip() for r in args.plot_rows.split(",") if r.strip()] if args.plot_rows is not None else None
     if args.table == "all" and args.format == "csv":
         parser.error("--table all cannot be written as one CSV; pick one table")
     try:
@@ -845,7 +865,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(text)
     if args.plot is not None:
         try:
-            print(f"plot: {tables[0].plot(args.plot)}", file=sys.stderr)
+            print(f"plot: {tables[0].plot(args.plot, rows=rows)}", file=sys.stderr)
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
