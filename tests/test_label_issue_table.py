@@ -103,6 +103,21 @@ def test_cli_flag_and_table_name(root, capsys):
         main([str(root), "--label-issues", "--table", "tango_table1"])
 
 
+def test_methods_option_lists_other_models_in_its_order(tmp_path, capsys):
+    """TANGO's readings (tango_literal, ...) are not in the default rows; --methods lists them."""
+    write_run(tmp_path, "tango", "sym40", 1, [rec(0, 0.90, 0.80)])
+    write_run(tmp_path, "tango_literal", "sym40", 1, [rec(0, 0.60, 0.95)])
+    assert [g.method for g in label_issue_table(load_runs(tmp_path)).groups] == ["tango"]
+    table = label_issue_table(load_runs(tmp_path), ("tango_literal", "tango"))
+    assert [g.method for g in table.groups] == ["tango_literal", "tango"]
+    assert table.group("tango_literal", noise="sym40").stat("precision")[0] == pytest.approx(0.60)
+    assert main([str(tmp_path), "--label-issues", "--methods", "tango_literal,tango"]) == 0
+    out = capsys.readouterr().out
+    assert out.index("| tango_literal |") < out.index("| tango |")
+    with pytest.raises(SystemExit):  # --methods belongs to --label-issues
+        main([str(tmp_path), "--table", "synthetic_tango", "--methods", "tango"])
+
+
 def test_no_verdicts_anywhere_is_a_warning_not_a_crash(tmp_path):
     write_run(tmp_path, "ft_ce", "sym40", 1, None)
     write_run(tmp_path, "ssr", "sym40", 1, [])  # an empty history and no metrics: no verdicts

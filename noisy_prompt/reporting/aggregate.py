@@ -773,6 +773,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--label-issues", action="store_true",
                         help=f"the label-issue comparison table (same as --table {LABEL_ISSUE_TABLE}): precision/recall "
                              f"of the clean verdicts of {', '.join(LABEL_ISSUE_METHODS)} per noise cell (md or csv)")
+    parser.add_argument("--methods", default=None, metavar="MODEL[,MODEL...]",
+                        help="--label-issues: these models instead (e.g. TANGO's readings tango,tango_literal), in "
+                             "this order")
     return parser
 
 
@@ -785,7 +788,8 @@ def _main_label_issues(args) -> int:
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    table = label_issue_table(loaded, backbone=args.backbone)
+    methods = tuple(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip())) if args.methods else LABEL_ISSUE_METHODS
+    table = label_issue_table(loaded, methods, backbone=args.backbone)
     text = table.render(args.format)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -837,6 +841,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.label_issues and args.table not in (None, LABEL_ISSUE_TABLE):
             parser.error(f"--label-issues is its own table; drop --table {args.table}")
         return _main_label_issues(args)
+    if args.methods is not None:
+        parser.error("--methods chooses the rows of --label-issues; add --label-issues")
     if args.root is not None and args.by and args.table is None:
         return _main_by(args)
     if args.root is None or args.table is None:
