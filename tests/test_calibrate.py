@@ -79,3 +79,35 @@ def test_the_plan_runs_every_cell_the_targets_need_once_per_seed():
     assert sum(c.model == "zeroshot" for c in cells) == 2  # plain and shift-naming template, seed-free
     assert calibrate.Cell("coop", "synthetic", "clean", 1, 2) in cells  # the thread-count diagnostic
     assert len(calibrate.plan([1], threads=1, thread_check=False)) == 2 + 10
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_every_planned_cell_composes_with_its_overrides(quick, tmp_path):
+    """Each cell's command must compose (Hydra refuses an override of a key its data config lacks: --quick
+    once cut data.recipe.tango.max_epochs on the few-shot split, which has none, and every prompt cell
+    failed). --quick shortens exactly the recipe the cell's data config trains with."""
+    from hydra import compose, initialize_config_dir
+
+    import noisy_prompt.config  # noqa: F401  (resolvers)
+    from noisy_prompt.sweep import CONF_DIR
+
+    cells = calibrate.plan([1], threads=1)
+    assert {c.data for c in cells} <= set(calibrate.QUICK_OVERRIDES)  # no cell runs uncut under --quick
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for cell in cells:
+            overrides = calibrate.cell_overrides(cell, tmp_path / cell.key, "local-dir:/nonexistent", quick, False)
+            cfg = compose(config_name="run", overrides=overrides)
+            recipe = "prompt" if cell.data == "synthetic" else "tango"
+            full = {"prompt": 20, "tango": 5}[recipe]
+            assert cfg.data.recipe[recipe].max_epochs == ((8 if recipe == "prompt" else 2) if quick else full), cell.key
+
+
+def test_run_dirs_are_the_run_commands_own_and_quick_never_shares_one(tmp_path):
+    """calibrate reads results.json from the very dir the run command writes (settings tag included), so a
+    --quick result can never be read as the calibration's, nor an older configuration's."""
+    cells = calibrate.plan([1], threads=1, thread_check=False)
+    full = calibrate.run_dirs({c: calibrate.cell_overrides(c, tmp_path / c.key, "local-dir:/w", False, False) for c in cells})
+    quick = calibrate.run_dirs({c: calibrate.cell_overrides(c, tmp_path / c.key, "local-dir:/w", True, False) for c in cells})
+    for c in cells:
+        assert full[c].is_relative_to(tmp_path / c.key / "calibration" / c.model / c.data / c.noise)
+        assert full[c].name.startswith(f"seed{c.seed}") and quick[c] != full[c], c.key

@@ -13,7 +13,9 @@ JSON beside the weights (calibration.json; calibration_quick.json with --quick).
 when every target holds.
 
 `--quick` is the inner loop: one seed, fewer epochs; its numbers are not the calibration.
-Finished cells are reused (their folder name carries the weights' fingerprint); `--force` reruns them.
+Finished cells are reused (their folder name carries the weights' fingerprint) by the run command itself,
+which checks the stored config hash: a cell whose preset or recipe changed since stops with a message
+instead of handing back its old number; `--force` reruns every cell.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -38,8 +40,13 @@ PLAIN_TEMPLATE = "a photo of a {}."
 PROMPT_NOISES = ("clean", "sym25", "sym50", "sym80")
 FT_NOISES = ("clean", "sym40")
 MIN_CLASS_ACC = 15.0
-# Recipe cuts of --quick (the calibration itself uses the data configs' recipes unchanged).
-QUICK_OVERRIDES = ["data.recipe.prompt.max_epochs=8", "data.recipe.tango.max_epochs=2"]
+# Recipe cuts of --quick, per data config (the calibration itself uses the data configs' recipes
+# unchanged). Each data config is cut only in the recipe it has: Hydra refuses an override of a key the
+# config lacks (the few-shot split has no recipe.tango.max_epochs), which once failed every quick cell.
+QUICK_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "synthetic": ("data.recipe.prompt.max_epochs=8",),
+    "synthetic_full": ("data.recipe.tango.max_epochs=2",),
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,31 +179,47 @@ def weights_fingerprint(weights: Path) -> str:
     return h.hexdigest()[:10]
 
 
-def run_cell(cell: Cell, root: Path, backbone_model: str, quick: bool, force: bool) -> dict[str, Any]:
-    """Runs one cell through `python -m noisy_prompt.run` (skipped when its results exist) and returns
-    {acc, per_class, run_dir, wall_s}."""
-    log_dir = root / cell.key
-    found = sorted(log_dir.rglob("results.json"))
-    if force or not found:
-        cmd = [sys.executable, "-m", "noisy_prompt.run", f"model={cell.model}", f"data={cell.data}",
-               f"noise={cell.noise}", f"seed={cell.seed}", "backbone=synthetic", f"backbone.model={backbone_model}",
-               f"paths.log_dir={log_dir}", "sweep=calibration", "logger=csv", "figures=false",
-               *(QUICK_OVERRIDES if quick else []), *cell.extra, *(["force=true"] if force else [])]
-        env = {**os.environ, "OMP_NUM_THREADS": str(cell.threads), "MKL_NUM_THREADS": str(cell.threads),
-               "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-        log_dir.mkdir(parents=True, exist_ok=True)
-        t0 = time.time()
-        with open(log_dir / "calibrate_stdout.log", "w") as out:
-            proc = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-        if proc.returncode != 0:
-            raise RuntimeError(f"cell {cell.key} failed (exit {proc.returncode}); see {log_dir / 'calibrate_stdout.log'}\n"
-                               f"command: {' '.join(cmd)}")
-        print(f"  {cell.key}: {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
-        found = sorted(log_dir.rglob("results.json"))
-    if not found:
-        raise RuntimeError(f"cell {cell.key}: no results.json under {log_dir}")
-    run_dir = found[-1].parent
-    results = json.loads(found[-1].read_text())
+def cell_overrides(cell: Cell, log_dir: Path, backbone_model: str, quick: bool, force: bool) -> list[str]:
+    """The Hydra overrides of one cell's `python -m noisy_prompt.run` (--quick cuts its data config's recipe)."""
+    return [f"model={cell.model}", f"data={cell.data}", f"noise={cell.noise}", f"seed={cell.seed}", "backbone=synthetic",
+            f"backbone.model={backbone_model}", f"paths.log_dir={log_dir}", "sweep=calibration", "logger=csv",
+            "figures=false", *(QUICK_OVERRIDES.get(cell.data, ()) if quick else ()), *cell.extra,
+            *(["force=true"] if force else [])]
+
+
+def run_dirs(commands: Mapping[Cell, Sequence[str]]) -> dict[Cell, Path]:
+    """Each cell's run dir as `noisy_prompt.run` will make it (config key `run_dir`, settings tag included),
+    composed here in the main thread (Hydra's global state is not thread-safe)."""
+    from hydra import compose, initialize_config_dir
+
+    import noisy_prompt.config  # noqa: F401  (resolvers)
+
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        return {cell: Path(str(compose(config_name="run", overrides=list(ov), return_hydra_config=True).run_dir))
+                for cell, ov in commands.items()}
+
+
+def run_cell(cell: Cell, overrides: Sequence[str], log_dir: Path, run_dir: Path) -> dict[str, Any]:
+    """Runs one cell through `python -m noisy_prompt.run` (its output in `log_dir`) and returns {acc,
+    per_class, run_dir, wall_s} from `run_dir`'s results.json. The run is always started: it reuses a
+    finished cell only when the stored config hash equals this configuration's and stops (StaleCellError;
+    rerun with --force) when a preset changed, so an edited recipe is never served from an older result."""
+    cmd = [sys.executable, "-m", "noisy_prompt.run", *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": str(cell.threads), "MKL_NUM_THREADS": str(cell.threads),
+           "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    log_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    with open(log_dir / "calibrate_stdout.log", "w") as out:
+        proc = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"cell {cell.key} failed (exit {proc.returncode}); see {log_dir / 'calibrate_stdout.log'}\n"
+                           f"command: {' '.join(cmd)}")
+    print(f"  {cell.key}: {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
+    path = run_dir / "results.json"
+    if not path.is_file():
+        raise RuntimeError(f"cell {cell.key}: the run wrote no {path}; see {log_dir / 'calibrate_stdout.log'}")
+    results = json.loads(path.read_text())
     report = json.loads((run_dir / "module_report.json").read_text()) if (run_dir / "module_report.json").exists() else {}
     per_class = ((report.get("test_report") or {}).get("test") or {}).get("per_class")
     return {"acc": float(results["metrics"]["test/acc"]), "per_class": per_class, "run_dir": str(run_dir),
@@ -361,8 +384,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.time()
     out: dict[Cell, dict[str, Any]] = {}
     failures: list[str] = []
+    commands = {c: cell_overrides(c, root / c.key, backbone_model, a.quick, a.force) for c in cells}
+    dirs = run_dirs(commands)
     with cf.ThreadPoolExecutor(max_workers=max(1, a.jobs)) as pool:
-        futures = {pool.submit(run_cell, c, root, backbone_model, a.quick, a.force): c for c in cells}
+        futures = {pool.submit(run_cell, c, commands[c], root / c.key, dirs[c]): c for c in cells}
         for fut in cf.as_completed(futures):
             try:
                 out[futures[fut]] = fut.result()
