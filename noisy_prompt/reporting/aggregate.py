@@ -22,6 +22,7 @@ import math
 import re
 import statistics
 import sys
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -294,8 +295,8 @@ def _line_plot(path: str | Path, series: Iterable[tuple[str, Sequence[float], Se
         ax.set_xticks(*xticks)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title, fontsize=8)
+    if title:  # wrapped: a table's title is often wider than the figure
+        ax.set_title(textwrap.fill(title, width=95), fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
