@@ -749,6 +749,11 @@ def replace_model(key: CellKey, model: str) -> CellKey:
 # CLI
 
 
+def _comma_list(text: str) -> list[str]:
+    """'a, b,,a' -> ['a', 'b']: the values of a comma-separated option, blanks and repeats dropped."""
+    return list(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m noisy_prompt.aggregate",
@@ -789,7 +794,7 @@ def _main_label_issues(args) -> int:
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    methods = tuple(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip())) if args.methods else LABEL_ISSUE_METHODS
+    methods = tuple(_comma_list(args.methods)) if args.methods else LABEL_ISSUE_METHODS
     table = label_issue_table(loaded, methods, backbone=args.backbone)
     text = table.render(args.format)
     if args.out is not None:
@@ -854,7 +859,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--plot draws one table; pick one with --table")
     if args.plot_rows is not None and args.plot is None:
         parser.error("--plot-rows chooses the rows of --plot; add --plot FILE.png")
-    rows = [r.strip() for r in args.plot_rows.split(",") if r.strip()] if args.plot_rows is not None else None
+    rows = _comma_list(args.plot_rows) if args.plot_rows is not None else None
     if args.table == "all" and args.format == "csv":
         parser.error("--table all cannot be written as one CSV; pick one table")
     try:

@@ -194,8 +194,9 @@ def run_dirs(commands: Mapping[Cell, Sequence[str]]) -> dict[Cell, Path]:
 
     import noisy_prompt.config  # noqa: F401  (resolvers)
 
-    conf = Path(__file__).resolve().parents[2] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+    from noisy_prompt.sweep import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return {cell: Path(str(compose(config_name="run", overrides=list(ov), return_hydra_config=True).run_dir))
                 for cell, ov in commands.items()}
 
