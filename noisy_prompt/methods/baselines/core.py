@@ -16,7 +16,6 @@ from noisy_prompt.losses.soft import mixup
 from noisy_prompt.methods.tango.neighbours import VOTE_WEIGHTINGS, capped_k, iter_topk_blocks, neighbour_label_vote
 
 
-
 # ------------------------------------------------------------------------------------------ checks
 
 
@@ -97,7 +96,7 @@ def weighted_knn_vote(feats: Tensor, labels: Tensor, num_classes: int, k: int, b
     with `prior_normalise` each class column is divided by its prior π_c = n_c / N (SSR's "balanced
     vote"), then rows are normalised. `feats` must be L2-normalised. Negative cosines are clamped to
     0 so a far neighbour never votes against its class. The vote itself is
-    `tango.neighbours.neighbour_label_vote`, which TANGO's weighted p_vis also calls.
+    `tango.neighbours.neighbour_label_vote`, which TANGO's p_vis also calls.
     """
     if weighting not in VOTE_WEIGHTINGS:
         raise ValueError(f"weighting must be one of {VOTE_WEIGHTINGS}, got {weighting!r}")
