@@ -1,4 +1,4 @@
-"""`python -m noisy_prompt.sweep <table> [--cells key=v1,v2 ...] [--dry-run] [--launcher slurm] [--force] [-- overrides]`
+"""`python -m noisy_prompt.sweep <table> [--stage N|NAME] [--cells key=v1,v2 ...] [--dry-run] [--launcher slurm] [--force] [-- overrides]`
 
 Runs the cells of one paper table, listed in `sweeps/<table>.yaml`, as Hydra multiruns: one
 `python -m noisy_prompt.run -m ...` per rectangular grid of the file (the command is printed, so a
@@ -24,7 +24,7 @@ for a stage with its own `sweep` name; this module only hands it over (`SweepPla
 `read_layouts`), noisy_prompt/reporting/tables.py reads it.
 
 `--cells key=v1,v2` (key: a grid key) keeps the cells whose value for `key` is listed; grids without
-that key (another stage's) are kept whole.
+that key (another stage's) are kept whole. `--stage N` (or the stage's sweep name) keeps one stage.
 """
 from __future__ import annotations
 
@@ -122,6 +122,7 @@ class Grid:
     sweep: str
     fixed: tuple[str, ...]
     axes: tuple[tuple[str, tuple[Value, ...]], ...]
+    stage: int = 1  # 1-based index of the file's stage this grid belongs to (--stage)
 
     @property
     def size(self) -> int:
@@ -198,7 +199,7 @@ def _check_overrides(overrides: Sequence[str], where: str) -> None:
             raise SweepFileError(f"{where}: do not set 'sweep' in overrides: it is the file's `table` (or a stage's `sweep`)")
 
 
-def _parse_grid(raw: Any, where: str, sweep: str, fixed: tuple[str, ...]) -> Grid:
+def _parse_grid(raw: Any, where: str, sweep: str, fixed: tuple[str, ...], stage: int = 1) -> Grid:
     if not isinstance(raw, dict) or not raw:
         raise SweepFileError(f"{where}: a grid is a non-empty mapping key -> list of values, got {raw!r}")
     fixed_keys = {override_key(o) for o in fixed}
@@ -218,7 +219,7 @@ def _parse_grid(raw: Any, where: str, sweep: str, fixed: tuple[str, ...]) -> Gri
         if len({str(v) for v in values}) != len(values):
             raise SweepFileError(f"{where}: {key} lists a value twice: {values}")
         axes.append((key, tuple(values)))
-    return Grid(sweep=sweep, fixed=fixed, axes=tuple(axes))
+    return Grid(sweep=sweep, fixed=fixed, axes=tuple(axes), stage=stage)
 
 
 def _read_sweep_file(path: Path) -> tuple[dict, str, list, tuple[RawLayout, ...]]:
@@ -282,12 +283,31 @@ def load_sweep(name_or_path: str | Path) -> SweepPlan:
         if not isinstance(raw_grids, list) or not raw_grids:
             raise SweepFileError(f"{where}: 'grids' must be a non-empty list of grids")
         for j, g in enumerate(raw_grids):
-            grids.append(_parse_grid(g, f"{where}: grid {j + 1}", sweep, common + extra))
+            grids.append(_parse_grid(g, f"{where}: grid {j + 1}", sweep, common + extra, stage=i + 1))
     return SweepPlan(table=table, path=path, grids=tuple(grids), layouts=layouts)
 
 
 # --------------------------------------------------------------------------------------------------
-# --cells
+# --stage and --cells
+
+
+def filter_stage(plan: SweepPlan, stage: str | None) -> SweepPlan:
+    """The plan restricted to one stage: `stage` is its 1-based number or its `sweep` name (the run-dir
+    folder it writes to). Run alone, a later stage does not wait for an earlier one's cells."""
+    if stage is None:
+        return plan
+    stages: dict[int, str] = {}
+    for grid in plan.grids:
+        stages.setdefault(grid.stage, grid.sweep)
+    valid = ", ".join(f"{i} ({name})" for i, name in sorted(stages.items()))
+    text = str(stage).strip()
+    if text.isdigit():
+        kept = tuple(g for g in plan.grids if g.stage == int(text))
+    else:
+        kept = tuple(g for g in plan.grids if g.sweep == text)
+    if not kept:
+        raise CellFilterError(f"--stage: sweep {plan.table} has no stage {text!r}; its stages: {valid}")
+    return replace(plan, grids=kept)
 
 
 def parse_cell_filters(items: Iterable[str]) -> dict[str, list[str]]:
@@ -524,6 +544,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("table", help="sweep name (sweeps/<name>.yaml) or a path to a sweep yaml file")
     p.add_argument("--cells", nargs="+", action="append", default=[], metavar="KEY=V1[,V2]",
                    help="keep only the cells whose KEY is one of the values (repeatable)")
+    p.add_argument("--stage", metavar="N|NAME", default=None,
+                   help="run only one stage of a staged sweep file: its number (1, 2, ...) or its sweep name")
     p.add_argument("--dry-run", action="store_true", help="print the commands and cells, run nothing")
     p.add_argument("--launcher", choices=sorted(LAUNCHERS), default="basic",
                    help="slurm: hydra/launcher=slurm (conf/hydra/launcher/slurm.yaml; needs pip install -e .[slurm])")
@@ -535,7 +557,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     own, extra = split_argv(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(own)
     try:
-        plan = filter_plan(load_sweep(args.table), parse_cell_filters(itertools.chain.from_iterable(args.cells)))
+        plan = filter_stage(load_sweep(args.table), args.stage)
+        plan = filter_plan(plan, parse_cell_filters(itertools.chain.from_iterable(args.cells)))
         check_extra_overrides(extra)
     except (SweepFileError, CellFilterError) as err:
         print(f"error: {err}", file=sys.stderr)

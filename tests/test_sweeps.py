@@ -399,6 +399,33 @@ def test_cells_filter_across_stages():
     assert [len(g.cells()) for g in dpsep.grids] == [9 * 3, 4 * 9 * 3]
 
 
+def test_stage_filter_keeps_one_stage_by_number_or_name():
+    plan = sw.load_sweep("synthetic_readings_tango")
+    assert [g.stage for g in plan.grids] == [1, 2]
+    second = sw.filter_stage(plan, "2")
+    by_name = sw.filter_stage(plan, "synthetic_readings_tango_paper_recipe")
+    assert second == by_name and {c.sweep for c in second.cells()} == {"synthetic_readings_tango_paper_recipe"}
+    assert len(second.cells()) == 9 * 3 * 3
+    first = sw.filter_plan(sw.filter_stage(plan, "1"), {"model": ["ft_ce"]})  # ft_ce is only in stage 1
+    assert len(first.cells()) == 3 * 3 and {c.sweep for c in first.cells()} == {"synthetic_readings_tango"}
+    assert sw.filter_stage(plan, None) is plan
+    with pytest.raises(sw.CellFilterError, match=r"no stage '3'.*1 \(synthetic_readings_tango\), "
+                                                 r"2 \(synthetic_readings_tango_paper_recipe\)"):
+        sw.filter_stage(plan, "3")
+    with pytest.raises(sw.CellFilterError, match="valid values"):  # ft_ce is not a model of stage 2
+        sw.filter_plan(sw.filter_stage(plan, "2"), {"model": ["ft_ce"]})
+
+
+def test_cli_stage_option_runs_only_that_stage(capsys, monkeypatch):
+    monkeypatch.setattr(sw.subprocess, "run", lambda *a, **k: pytest.fail("--dry-run must not run anything"))
+    assert sw.main(["synthetic_readings_tango", "--stage", "2", "--cells", "model=tango", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "9 cells in 1 multirun(s)" in out and "sweep=synthetic_readings_tango_paper_recipe" in out
+    assert "sweep=synthetic_readings_tango backbone" not in out
+    assert sw.main(["synthetic_readings_tango", "--stage", "paper"]) == 2
+    assert "its stages: 1 (synthetic_readings_tango)" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("filters, message", [
     (["dataset=ucf101"], "unknown key 'dataset'.*valid keys: model, data, noise, seed"),
     (["data=ucf102"], "data has no value 'ucf102'.*valid values: imagenet, caltech101"),

@@ -482,3 +482,15 @@ def test_variant_parameters_receive_gradients(backbone, variant):
     grads = [params["head.weight"]] if m.head is not None else [params["anchors"]]
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in grads)
     assert params["clip.visual.proj"].grad.abs().sum() > 0
+
+
+def test_purification_summary_reports_first_and_last_epoch_only():
+    from noisy_prompt.methods.tango.module import purification_summary
+
+    history = [{"clean_fraction": 0.5, "precision": 0.9, "recall": 0.8, "soft_label_acc": 0.7, "num_clean": 5},
+               {"clean_fraction": 0.6, "precision": 0.95},
+               {"clean_fraction": 0.4, "recall": 0.85}]
+    assert purification_summary(history) == {
+        "purify/clean_fraction_first": 0.5, "purify/precision_first": 0.9, "purify/recall_first": 0.8,
+        "purify/soft_label_acc_first": 0.7, "purify/clean_fraction_last": 0.4, "purify/recall_last": 0.85}
+    assert purification_summary([]) == {}

@@ -15,15 +15,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from noisy_prompt.methods.base import ClassifierModule
-from noisy_prompt.methods.tango.module import LABEL_ISSUE_COLUMNS, true_labels_known
+from noisy_prompt.methods.tango.module import LABEL_ISSUE_COLUMNS, purification_summary, true_labels_known
 
 from .core import verdict_stats
 
 log = logging.getLogger(__name__)
 
 HEAD_INITS = ("zeroshot", "random")
-# Detector numbers reported as first/last-epoch metrics, under TANGO's names so one table reads all methods.
-SUMMARY_KEYS = ("clean_fraction", "precision", "recall", "soft_label_acc")
 
 
 @dataclass
@@ -169,13 +167,7 @@ class BaselineModule(ClassifierModule):
 
     # ---- hooks ------------------------------------------------------------------------------------
     def extra_metrics(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        if self.purification_history:
-            for tag, stats in (("first", self.purification_history[0]), ("last", self.purification_history[-1])):
-                for key in SUMMARY_KEYS:
-                    if key in stats:
-                        out[f"purify/{key}_{tag}"] = float(stats[key])
-        return out
+        return purification_summary(self.purification_history)
 
     def extra_results(self) -> dict[str, Any]:
         return {"purification": list(self.purification_history)} if self.purification_history else {}

@@ -13,9 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from noisy_prompt.losses.soft import mixup
-from noisy_prompt.methods.tango.neighbours import capped_k, iter_topk_blocks
-
-VOTE_WEIGHTINGS = ("similarity", "uniform")
+from noisy_prompt.methods.tango.neighbours import VOTE_WEIGHTINGS, capped_k, iter_topk_blocks, neighbour_label_vote
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -97,25 +95,15 @@ def weighted_knn_vote(feats: Tensor, labels: Tensor, num_classes: int, k: int, b
     score_ic = Σ_{j in kNN(i)} w_ij [y_j = c]; w_ij = cosine(i, j) (`similarity`) or 1 (`uniform`);
     with `prior_normalise` each class column is divided by its prior π_c = n_c / N (SSR's "balanced
     vote"), then rows are normalised. `feats` must be L2-normalised. Negative cosines are clamped to
-    0 so a far neighbour never votes against its class.
+    0 so a far neighbour never votes against its class. The vote itself is
+    `tango.neighbours.neighbour_label_vote`, which TANGO's p_vis also calls.
     """
     if weighting not in VOTE_WEIGHTINGS:
         raise ValueError(f"weighting must be one of {VOTE_WEIGHTINGS}, got {weighting!r}")
     _matrix(feats, "feats")
-    n = feats.shape[0]
-    labels = _labels(labels.to(feats.device), n, num_classes)
-    feats = feats.float()
-    k_eff = capped_k(k, n, exclude_self)
-    scores = torch.zeros(n, num_classes, dtype=torch.float32, device=feats.device)
-    for start, sims, idx in iter_topk_blocks(feats, feats, k_eff, block_size, exclude_self=exclude_self):
-        w = sims.clamp_min(0.0) if weighting == "similarity" else torch.ones_like(sims)
-        scores[start:start + idx.shape[0]].scatter_add_(1, labels[idx], w.float())
-    if prior_normalise:
-        prior = torch.bincount(labels, minlength=num_classes).float() / n
-        scores = scores / prior.clamp_min(1e-10)
-    total = scores.sum(dim=1, keepdim=True)
-    # A row with no positive weight (all neighbours orthogonal or opposite) votes uniformly.
-    return torch.where(total > 0, scores / total.clamp_min(1e-30), torch.full_like(scores, 1.0 / num_classes))
+    labels = _labels(labels.to(feats.device), feats.shape[0], num_classes)
+    return neighbour_label_vote(feats.float(), labels, num_classes, k, block_size, weighting, exclude_self,
+                                prior_normalise)
 
 
 def ssr_relabel(probs: Tensor, given: Tensor, theta_r: float) -> tuple[Tensor, Tensor]:

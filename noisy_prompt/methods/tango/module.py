@@ -53,6 +53,20 @@ STAT_NAMES = {
     "noisy_label_accuracy": "noisy_label_acc",
 }
 
+PURIFICATION_SUMMARY_KEYS = ("clean_fraction", "precision", "recall", "soft_label_acc")
+
+
+def purification_summary(history: list[dict[str, Any]]) -> dict[str, float]:
+    """results.json metrics of a run that purified its labels each epoch: purify/<key>_first and
+    purify/<key>_last from the first and last epoch's verdict statistics (TANGO and the baselines)."""
+    out: dict[str, float] = {}
+    if history:
+        for tag, stats in (("first", history[0]), ("last", history[-1])):
+            for key in PURIFICATION_SUMMARY_KEYS:
+                if key in stats:
+                    out[f"purify/{key}_{tag}"] = float(stats[key])
+    return out
+
 
 def anchor_sentences(source: str, classnames: list[str], k: int, path: str | None = None,
                      dataset: str | None = None,
@@ -405,11 +419,7 @@ class Tango(EpochCurveModule):
         out["anchors/num_fallback_classes"] = float(len(self.anchor_fallback))
         if self.epoch0_test_acc is not None:
             out["test/acc_epoch0"] = float(self.epoch0_test_acc)
-        if self.purification_history:
-            for tag, stats in (("first", self.purification_history[0]), ("last", self.purification_history[-1])):
-                for key in ("clean_fraction", "precision", "recall", "soft_label_acc"):
-                    if key in stats:
-                        out[f"purify/{key}_{tag}"] = float(stats[key])
+        out.update(purification_summary(self.purification_history))
         return out
 
     def extra_results(self) -> dict[str, Any]:

@@ -1,7 +1,9 @@
-"""Cosine nearest neighbours computed a block of queries at a time.
+"""Cosine nearest neighbours computed a block of queries at a time, and the k-NN label vote.
 
 Purification needs the k nearest training images of every training image (N x N similarities,
 N = 50 000 for CIFAR-100); only a (block_size x num_keys) slab of similarities exists at any time.
+`neighbour_label_vote` is the one k-NN vote over labels: TANGO's p_vis (uniform, or SSR's form with
+`model.knn_vote=weighted`) and the SSR baseline's selection vote both call it.
 """
 from __future__ import annotations
 
@@ -62,6 +64,35 @@ def iter_topk_blocks(
         values, indices = torch.topk(sims, k_eff, dim=1, largest=True, sorted=True)
         del sims
         yield start, values, indices
+
+
+VOTE_WEIGHTINGS = ("similarity", "uniform")
+
+
+def neighbour_label_vote(feats: Tensor, labels: Tensor, num_classes: int, k: int, block_size: int,
+                         weighting: str = "similarity", exclude_self: bool = True,
+                         prior_normalise: bool = True) -> Tensor:
+    """(N, C) class scores among each sample's k nearest samples, rows summing to 1.
+
+    score_ic = sum_{j in kNN(i)} w_ij [y_j = c], w_ij = cosine(i, j) clamped at 0 (`similarity`: a far
+    neighbour never votes against its class) or 1 (`uniform`); with `prior_normalise` each class
+    column is divided by its prior n_c / N (SSR's "balanced vote"); then rows are normalised. A row
+    with no positive weight votes 1/C. `feats` (float32, L2-normalised) and `labels` (long, in range)
+    are checked by the callers, which name their own config keys in errors.
+    """
+    if weighting not in VOTE_WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {VOTE_WEIGHTINGS}, got {weighting!r}")
+    n = feats.shape[0]
+    k_eff = capped_k(k, n, exclude_self)
+    scores = torch.zeros(n, num_classes, dtype=torch.float32, device=feats.device)
+    for start, sims, idx in iter_topk_blocks(feats, feats, k_eff, block_size, exclude_self=exclude_self):
+        w = sims.clamp_min(0.0) if weighting == "similarity" else torch.ones_like(sims)
+        scores[start:start + idx.shape[0]].scatter_add_(1, labels[idx], w.float())
+    if prior_normalise:
+        prior = torch.bincount(labels, minlength=num_classes).float() / n
+        scores = scores / prior.clamp_min(1e-10)
+    total = scores.sum(dim=1, keepdim=True)
+    return torch.where(total > 0, scores / total.clamp_min(1e-30), torch.full_like(scores, 1.0 / num_classes))
 
 
 def blocked_topk(

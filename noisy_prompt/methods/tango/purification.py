@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .neighbours import capped_k, iter_topk_blocks
+from .neighbours import capped_k, iter_topk_blocks, neighbour_label_vote
 
 
 @dataclass
@@ -102,24 +102,17 @@ def knn_label_vote(
     vote="weighted" (SSR's vote, `model.knn_vote=weighted`): each neighbour counts with its cosine
     similarity (clamped at 0, so the vote stays a distribution), each class's total is divided by the
     class's prior among the noisy labels (a frequent class gets no head start), then the row is
-    normalised. A row whose neighbours all have similarity <= 0 votes uniformly (1/C), as the SSR
-    baseline's vote does (methods/baselines/core.weighted_knn_vote; a test keeps the two equal).
+    normalised. A row whose neighbours all have similarity <= 0 votes uniformly (1/C). Both forms are
+    `neighbours.neighbour_label_vote`, the vote the SSR baseline's selection also uses.
     """
     if vote not in KNN_VOTES:
         raise ValueError(f"model.knn_vote must be one of {', '.join(KNN_VOTES)}, got {vote!r}")
     _check_feats(feats)
     n = feats.shape[0]
     labels = _check_labels(noisy_labels.to(feats.device), n, num_classes, "noisy_labels")
-    k_eff = capped_k(k, n, exclude_self=True)
-    counts = torch.zeros(n, num_classes, dtype=torch.float32, device=feats.device)
-    for start, values, idx in iter_topk_blocks(feats, feats, k_eff, block_size, exclude_self=True):
-        weights = torch.ones(idx.shape, dtype=counts.dtype, device=counts.device)
-        if vote == "weighted":
-            weights = values.to(counts.dtype).clamp_min(0)
-        counts[start : start + idx.shape[0]].scatter_add_(1, labels[idx], weights)
-    if vote == "uniform":
-        return counts / k_eff
-    return _prior_normalised(counts, _class_prior(labels, num_classes))
+    weighting, balanced = ("uniform", False) if vote == "uniform" else ("similarity", True)
+    return neighbour_label_vote(feats, labels, num_classes, k, block_size, weighting, exclude_self=True,
+                                prior_normalise=balanced)
 
 
 def _prior_normalised(weighted: Tensor, prior: Tensor) -> Tensor:
