@@ -98,8 +98,6 @@ def weighted_knn_vote(feats: Tensor, labels: Tensor, num_classes: int, k: int, b
     0 so a far neighbour never votes against its class. The vote itself is
     `tango.neighbours.neighbour_label_vote`, which TANGO's p_vis also calls.
     """
-    if weighting not in VOTE_WEIGHTINGS:
-        raise ValueError(f"weighting must be one of {VOTE_WEIGHTINGS}, got {weighting!r}")
     _matrix(feats, "feats")
     labels = _labels(labels.to(feats.device), feats.shape[0], num_classes)
     return neighbour_label_vote(feats.float(), labels, num_classes, k, block_size, weighting, exclude_self,
