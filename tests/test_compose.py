@@ -58,3 +58,15 @@ def test_ptnl_recipe_is_the_default_for_real_datasets():
     assert m["optim"] == {"name": "sgd", "lr": 0.002, "momentum": 0.9, "weight_decay": 5e-4,
                           "warmup_epochs": 1, "warmup_lr": 1e-5}
     assert cfg.data.shots == 16
+
+
+def test_ft_ce_has_its_own_lr_while_epochs_follow_tangos_recipe():
+    """ft_ce's lr is data.recipe.ft_ce.lr (default 5e-4, the published one), not TANGO's scaled lr: on the
+    synthetic full-data split TANGO and the other fine-tuning baselines train at 1e-4, ft_ce at 5e-4 (T7)."""
+    ft = OmegaConf.to_container(_compose(["model=ft_ce", "data=synthetic_full"]).model, resolve=True)
+    tango = OmegaConf.to_container(_compose(["model=tango", "data=synthetic_full"]).model, resolve=True)
+    assert tango["optim"]["lr"] == 1e-4 and ft["optim"]["lr"] == 5e-4
+    assert ft["max_epochs"] == tango["max_epochs"] == 5 and ft["batch_size"] == tango["batch_size"]
+    assert OmegaConf.to_container(_compose(["model=ft_ce", "data=cifar100"]).model, resolve=True)["optim"]["lr"] == 5e-4
+    scaled = _compose(["model=ft_ce", "data=synthetic_full", "+data.recipe.ft_ce.lr=3e-4"])
+    assert OmegaConf.to_container(scaled.model, resolve=True)["optim"]["lr"] == 3e-4
