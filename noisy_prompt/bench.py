@@ -109,13 +109,15 @@ def time_steps(step, batches, steps: int, warmup: int, dev: torch.device, params
     return Measure(elapsed, counter.total_mb(), "autograd-saved activations (CPU)", cpu)
 
 
-def make_step(module, opt, dev: torch.device, precision: str = "32"):
+def amp_step(opt, dev: torch.device, precision: str, compute_loss):
+    """One optimiser step per call of the returned function, its arguments passed to `compute_loss`, under
+    autocast at `precision` (a loss scaler for fp16), as Lightning's trainer steps at that precision."""
     dtype = PRECISIONS[precision]
     scaler = torch.amp.GradScaler(dev.type) if dtype is torch.float16 else None
 
-    def step(x, y):
+    def step(*args):
         with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = module.losses(x, y)["train/loss"]
+            loss = compute_loss(*args)
         opt.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -124,6 +126,15 @@ def make_step(module, opt, dev: torch.device, precision: str = "32"):
         else:
             loss.backward()
             opt.step()
+
+    return step
+
+
+def make_step(module, opt, dev: torch.device, precision: str = "32"):
+    optimise = amp_step(opt, dev, precision, lambda x, y: module.losses(x, y)["train/loss"])
+
+    def step(x, y):
+        optimise(x, y)
         if module.negative:
             module.derangement.on_step()
 

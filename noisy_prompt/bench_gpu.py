@@ -121,20 +121,8 @@ def tango_throughput(cfg, dev, precision: str, peak: float | None) -> dict:
                 "index": torch.arange(i * b, (i + 1) * b, device=dev)} for i in range(2)]
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=5e-4, momentum=0.9, weight_decay=5e-4)
-    dtype = bench.PRECISIONS[precision]
-    scaler = torch.amp.GradScaler(dev.type) if dtype is torch.float16 else None
-
-    def step(batch):
-        with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = module.training_step(batch, 0)  # self.log without a trainer only warns
-        opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        else:
-            loss.backward()
-            opt.step()
+    # self.log without a trainer only warns
+    step = bench.amp_step(opt, dev, precision, lambda batch: module.training_step(batch, 0))
 
     for i in range(cfg.warmup):
         step(batches[i % 2])

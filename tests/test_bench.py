@@ -52,3 +52,19 @@ def test_gpu_bench_tiny_cpu_smoke(capsys):
         assert section in out, out
     assert re.search(r"total \d+\.\d+ GPU-hours", out)
     assert re.search(r"images/s", out)
+
+
+def test_amp_step_is_one_optimiser_step_of_the_given_loss():
+    """The benchmarks' shared step: at precision 32 one SGD step (to float rounding) on compute_loss(*args); under
+    bf16 autocast (CPU) the same step up to bf16 rounding; the gradient is cleared before each step."""
+    import torch
+
+    for precision, tol in (("32", 1e-6), ("bf16-mixed", 1e-2)):
+        w = torch.nn.Parameter(torch.ones(3))
+        opt = torch.optim.SGD([w], lr=0.1)
+        step = bench.amp_step(opt, torch.device("cpu"), precision, lambda x, c: (w * x).sum() * c)
+        x = torch.tensor([1.0, 2.0, 3.0])
+        step(x, 1.0)
+        torch.testing.assert_close(w.detach(), torch.ones(3) - 0.1 * x, rtol=0, atol=tol)
+        step(x, 2.0)  # a second step's gradient is 2x, not accumulated onto the first
+        torch.testing.assert_close(w.detach(), torch.ones(3) - 0.3 * x, rtol=0, atol=tol)
