@@ -21,6 +21,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import socket
@@ -29,6 +30,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
+
+log = logging.getLogger(__name__)
 
 RESULTS = "results.json"
 FAILED = "failed.json"
@@ -315,17 +318,27 @@ def config_diff(old: Mapping[str, Any], new: Mapping[str, Any], limit: int = 8) 
     return lines
 
 
-def finished_result(run_dir: Path, config_hash: str, config: Mapping[str, Any] | None = None) -> dict | None:
+def finished_result(run_dir: Path, config_hash: str, config: Mapping[str, Any] | None = None,
+                    weights_digest: str | None = None) -> dict | None:
     """The stored results.json when it was made by this very configuration; None when there is none.
 
     Raises StaleCellError when the dir holds a result of another configuration (the preset changed
-    since): never hand back a number that this configuration did not produce.
+    since) or of other weights under the same backbone name (`weights_digest`, when both sides have
+    one): never hand back a number that this configuration did not produce.
     """
     path = Path(run_dir) / RESULTS
     if not path.is_file():
         return None
     stored = read_json(path)
     if stored.get("config_hash") == config_hash:
+        old = stored.get("weights_digest")
+        if weights_digest is not None and old is not None and old != weights_digest:
+            raise StaleCellError(
+                f"{path} was made with other backbone weights (weights digest {old}, these weights "
+                f"{weights_digest}; the backbone's name and the rest of the config are the same, e.g. a rebuilt "
+                "built-in world)\nRerun with force=true to replace it, or pick another sweep=NAME to keep both.")
+        if weights_digest is not None and old is None:
+            log.warning("%s predates weights digests: reused without checking that it used these weights", path)
         return stored
     diff = config_diff(stored.get("config") or {}, config or {}) if config is not None else []
     raise StaleCellError(

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from noisy_prompt.cell import (FAILED, RESULTS, CellId, StaleCellError, cell_lock, config_diff, finished_result,
                                is_secondary_rank, parse_settings, read_json, task_overrides, write_json)
+from noisy_prompt.clip.factory import weights_digest
 from noisy_prompt.config import config_hash, ctor_kwargs, result_config
 from noisy_prompt.reporting.results import git_revision, versions
 
@@ -159,9 +160,10 @@ def _run_locked(cfg: DictConfig, run_dir: Path, cell: CellId) -> dict[str, Any]:
     results_path = run_dir / RESULTS
     t0 = time.time()
     chash, rconf = config_hash(cfg), result_config(cfg)
+    wdigest = weights_digest(str(cfg.backbone.model), cfg.backbone.get("pretrained"))
     if not cfg.get("force", False):
         try:
-            stored = finished_result(run_dir, chash, rconf)
+            stored = finished_result(run_dir, chash, rconf, weights_digest=wdigest)
         except StaleCellError as err:
             write_json(run_dir / FAILED, _failure(cell, cfg, err, t0))
             raise
@@ -213,6 +215,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, cell: CellId) -> dict[str, Any]:
             "noise": {k: v for k, v in noise.items() if k != "transition"},
             "config_hash": chash,
             "config": rconf,
+            "weights_digest": wdigest,
             "versions": versions(),
             "git_rev": git_revision(),
             "world_size": trainer.world_size,

@@ -72,6 +72,43 @@ def test_a_finished_cell_is_reused_only_by_its_own_config(tmp_path):
     assert finished_result(tmp_path / "none", config_hash(a)) is None
 
 
+def test_a_finished_cell_made_with_other_weights_is_not_reused(tmp_path, caplog):
+    a = _compose(["model=coop", "noise=sym50"], hydra_node=False)
+    record = {"status": "ok", "cell": CellId.from_config(a).to_record(), "metrics": {"test/acc": 58.18},
+              "config_hash": config_hash(a), "config": result_config(a), "weights_digest": "0123456789abcdef"}
+    write_json(tmp_path / "results.json", record)
+    assert finished_result(tmp_path, config_hash(a), result_config(a), weights_digest="0123456789abcdef")
+    # same name and config, rebuilt weights: refused, naming both digests
+    with pytest.raises(StaleCellError) as err:
+        finished_result(tmp_path, config_hash(a), result_config(a), weights_digest="fedcba9876543210")
+    assert "other backbone weights" in str(err.value) and "0123456789abcdef" in str(err.value)
+    assert "fedcba9876543210" in str(err.value) and "force=true" in str(err.value)
+    # a record from before digests were kept is reused, with a warning that it could not be checked
+    del record["weights_digest"]
+    write_json(tmp_path / "results.json", record)
+    with caplog.at_level("WARNING", logger="noisy_prompt.cell"):
+        assert finished_result(tmp_path, config_hash(a), result_config(a), weights_digest="fedcba9876543210")
+    assert "predates weights digests" in caplog.text
+
+
+def test_weights_digest_follows_the_file_contents_not_their_name(tmp_path):
+    from noisy_prompt.clip.factory import weights_digest
+
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text("{}")
+    (folder / "open_clip_model.safetensors").write_bytes(b"weights v1")
+    first = weights_digest(f"local-dir:{folder}", None)
+    assert first == weights_digest(f"local-dir:{folder}", None)  # stable
+    (folder / "open_clip_model.safetensors").write_bytes(b"weights v2")  # rebuilt in place, same name
+    assert weights_digest(f"local-dir:{folder}", None) != first
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(b"checkpoint")
+    assert len(weights_digest("ViT-B-32", str(ckpt))) == 16
+    assert weights_digest("ViT-B-32", "openai") is None  # a tag is its own identity
+    assert weights_digest("builtin:synthetic-clip", None) is not None  # the built-in world is digested
+
+
 def test_one_process_per_cell_dir(tmp_path):
     with cell_lock(tmp_path / "cell"):
         with pytest.raises(CellLockedError) as err:

@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_dir
 
 import noisy_prompt.config  # noqa: F401
 from noisy_prompt.cell import StaleCellError
+from noisy_prompt.clip.factory import weights_digest
 from noisy_prompt.task import run_cell
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -36,6 +37,13 @@ def test_finished_cell_is_skipped_and_another_configs_checkpoint_is_not_resumed(
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     # a finished cell is skipped: same results, nothing retrained
     assert run_cell(cfg, run_dir)["wall_time_s"] == first["wall_time_s"]
+    # the record names the weights' contents; a record made with other weights under the same name is refused
+    assert first["weights_digest"] == weights_digest(tiny_backbone["model"], None)
+    stored = json.loads((run_dir / "results.json").read_text())
+    (run_dir / "results.json").write_text(json.dumps({**stored, "weights_digest": "0" * 16}))
+    with pytest.raises(StaleCellError, match="other backbone weights"):
+        run_cell(cfg, run_dir)
+    (run_dir / "results.json").write_text(json.dumps(stored))
     # the C x C transition matrix is in noise.json only
     assert "transition" not in first["noise"]
     transition = json.loads((run_dir / "noise.json").read_text())["transition"]

@@ -7,6 +7,7 @@ world's tiny CLIP).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -68,6 +69,34 @@ def _weights_identity(model_name: str, pretrained: str | None) -> str:
         st = Path(pretrained).stat()
         return f"{model_name}|{Path(pretrained).resolve()}:{st.st_size}:{st.st_mtime_ns}"
     return f"{model_name}|{pretrained or 'random'}"
+
+
+def weights_digest(model: str, pretrained: str | None) -> str | None:
+    """sha256 of the weight files a backbone loads from disk (a built-in or local-dir model, a checkpoint file).
+
+    A finished cell is reused by its config hash, and the config names the weights, not their contents: a
+    rebuilt built-in world (`make pretrain`) or an overwritten checkpoint keeps the same name. The run
+    records this digest and refuses to reuse a result made with other weights. None for open_clip tags,
+    whose name is their identity, and for a path that does not exist (the loader reports that).
+    """
+    try:
+        name = resolve_model_name(model)
+    except WeightsNotFoundError:
+        return None
+    if name.startswith("local-dir:"):
+        folder = Path(name.split(":", 1)[1])
+        files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")) + sorted(folder.glob("*.pt*"))
+    elif pretrained and _looks_like_path(pretrained) and Path(pretrained).is_file():
+        files = [Path(pretrained)]
+    else:
+        return None
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def _how_to_provide(model: str, pretrained: str) -> str:
