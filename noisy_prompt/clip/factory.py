@@ -59,10 +59,15 @@ def _looks_like_path(value: str) -> bool:
     return os.sep in value or value.endswith((".bin", ".pt", ".pth", ".safetensors"))
 
 
+def _local_dir_weight_files(model_name: str) -> list[Path]:
+    """The weight files of a `local-dir:` model, in a fixed order (what the cache key and the digest read)."""
+    folder = Path(model_name.split(":", 1)[1])
+    return sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")) + sorted(folder.glob("*.pt*"))
+
+
 def _weights_identity(model_name: str, pretrained: str | None) -> str:
     if model_name.startswith("local-dir:"):
-        folder = Path(model_name.split(":", 1)[1])
-        files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")) + sorted(folder.glob("*.pt*"))
+        files = _local_dir_weight_files(model_name)
         stamp = ",".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
         return f"{model_name}|{stamp}"
     if pretrained and Path(pretrained).is_file():
@@ -84,8 +89,7 @@ def weights_digest(model: str, pretrained: str | None) -> str | None:
     except WeightsNotFoundError:
         return None
     if name.startswith("local-dir:"):
-        folder = Path(name.split(":", 1)[1])
-        files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")) + sorted(folder.glob("*.pt*"))
+        files = _local_dir_weight_files(name)
     elif pretrained and _looks_like_path(pretrained) and Path(pretrained).is_file():
         files = [Path(pretrained)]
     else:
