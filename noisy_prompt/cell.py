@@ -318,27 +318,37 @@ def config_diff(old: Mapping[str, Any], new: Mapping[str, Any], limit: int = 8) 
     return lines
 
 
+# What each digest of a run's record names, for the messages (task._run_locked fills them).
+DIGEST_WHAT = {
+    "weights_digest": ("backbone weights", "the backbone's name", "a rebuilt built-in world"),
+    "data_digest": ("dataset content", "the dataset's name and reader arguments", "an edited built-in world"),
+}
+
+
 def finished_result(run_dir: Path, config_hash: str, config: Mapping[str, Any] | None = None,
-                    weights_digest: str | None = None) -> dict | None:
+                    weights_digest: str | None = None, data_digest: str | None = None) -> dict | None:
     """The stored results.json when it was made by this very configuration; None when there is none.
 
     Raises StaleCellError when the dir holds a result of another configuration (the preset changed
-    since) or of other weights under the same backbone name (`weights_digest`, when both sides have
-    one): never hand back a number that this configuration did not produce.
+    since), of other weights under the same backbone name (`weights_digest`) or of other content
+    under the same dataset name (`data_digest`), each checked when both sides have one: never hand
+    back a number that this configuration did not produce.
     """
     path = Path(run_dir) / RESULTS
     if not path.is_file():
         return None
     stored = read_json(path)
     if stored.get("config_hash") == config_hash:
-        old = stored.get("weights_digest")
-        if weights_digest is not None and old is not None and old != weights_digest:
-            raise StaleCellError(
-                f"{path} was made with other backbone weights (weights digest {old}, these weights "
-                f"{weights_digest}; the backbone's name and the rest of the config are the same, e.g. a rebuilt "
-                "built-in world)\nRerun with force=true to replace it, or pick another sweep=NAME to keep both.")
-        if weights_digest is not None and old is None:
-            log.warning("%s predates weights digests: reused without checking that it used these weights", path)
+        for key, now in (("weights_digest", weights_digest), ("data_digest", data_digest)):
+            what, same, example = DIGEST_WHAT[key]
+            old = stored.get(key)
+            if now is not None and old is not None and old != now:
+                raise StaleCellError(
+                    f"{path} was made with other {what} ({key} {old}, this run {now}; {same} and the rest "
+                    f"of the config are the same, e.g. {example})\nRerun with force=true to replace it, or "
+                    "pick another sweep=NAME to keep both.")
+            if now is not None and old is None:
+                log.warning("%s predates %s: reused without checking that it used this run's %s", path, key, what)
         return stored
     diff = config_diff(stored.get("config") or {}, config or {}) if config is not None else []
     raise StaleCellError(

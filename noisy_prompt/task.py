@@ -24,6 +24,7 @@ from noisy_prompt.cell import (FAILED, RESULTS, CellId, StaleCellError, cell_loc
                                is_secondary_rank, parse_settings, read_json, task_overrides, write_json)
 from noisy_prompt.clip.factory import weights_digest
 from noisy_prompt.config import config_hash, ctor_kwargs, result_config
+from noisy_prompt.data.readers import data_digest
 from noisy_prompt.reporting.results import git_revision, versions
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,15 @@ def build_datamodule(cfg: DictConfig, clip_bundle=None):
     backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
     # Called directly, not through instantiate: Hydra would turn the NoiseSpec dataclass back into a dict.
     return get_class(target)(**kwargs, noise=noise, backbone=backbone, seed=int(cfg.seed), clip_bundle=clip_bundle)
+
+
+def data_digest_of(cfg: DictConfig) -> str | None:
+    """The digest the configured dataset publishes of its content (the datamodule's reader and its
+    arguments); None for datasets that publish none."""
+    data = cfg.data
+    kwargs = data.get("reader_kwargs")
+    kwargs = OmegaConf.to_container(kwargs, resolve=True) if kwargs is not None else {}
+    return data_digest(str(data.get("reader") or data.name), data.get("data_dir"), **kwargs)
 
 
 def build_module(cfg: DictConfig, dm, clip_bundle=None):
@@ -161,9 +171,10 @@ def _run_locked(cfg: DictConfig, run_dir: Path, cell: CellId) -> dict[str, Any]:
     t0 = time.time()
     chash, rconf = config_hash(cfg), result_config(cfg)
     wdigest = weights_digest(str(cfg.backbone.model), cfg.backbone.get("pretrained"))
+    ddigest = data_digest_of(cfg)
     if not cfg.get("force", False):
         try:
-            stored = finished_result(run_dir, chash, rconf, weights_digest=wdigest)
+            stored = finished_result(run_dir, chash, rconf, weights_digest=wdigest, data_digest=ddigest)
         except StaleCellError as err:
             write_json(run_dir / FAILED, _failure(cell, cfg, err, t0))
             raise
@@ -216,6 +227,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, cell: CellId) -> dict[str, Any]:
             "config_hash": chash,
             "config": rconf,
             "weights_digest": wdigest,
+            "data_digest": ddigest,
             "versions": versions(),
             "git_rev": git_revision(),
             "world_size": trainer.world_size,

@@ -88,7 +88,49 @@ def test_a_finished_cell_made_with_other_weights_is_not_reused(tmp_path, caplog)
     write_json(tmp_path / "results.json", record)
     with caplog.at_level("WARNING", logger="noisy_prompt.cell"):
         assert finished_result(tmp_path, config_hash(a), result_config(a), weights_digest="fedcba9876543210")
-    assert "predates weights digests" in caplog.text
+    assert "predates weights_digest" in caplog.text
+
+
+def test_a_finished_cell_of_other_dataset_content_is_not_reused(tmp_path, caplog):
+    a = _compose(["model=coop", "noise=sym50"], hydra_node=False)
+    record = {"status": "ok", "cell": CellId.from_config(a).to_record(), "metrics": {"test/acc": 58.18},
+              "config_hash": config_hash(a), "config": result_config(a), "weights_digest": "0123456789abcdef",
+              "data_digest": "aaaaaaaaaaaaaaaa"}
+    write_json(tmp_path / "results.json", record)
+    assert finished_result(tmp_path, config_hash(a), result_config(a), weights_digest="0123456789abcdef",
+                           data_digest="aaaaaaaaaaaaaaaa")
+    # same dataset name, reader arguments and weights, but the world's code was edited: refused
+    with pytest.raises(StaleCellError) as err:
+        finished_result(tmp_path, config_hash(a), result_config(a), weights_digest="0123456789abcdef",
+                        data_digest="bbbbbbbbbbbbbbbb")
+    assert "other dataset content" in str(err.value) and "aaaaaaaaaaaaaaaa" in str(err.value)
+    assert "bbbbbbbbbbbbbbbb" in str(err.value) and "force=true" in str(err.value)
+    # a dataset that publishes no digest (real data on disk) is not checked; an old record is, with a warning
+    assert finished_result(tmp_path, config_hash(a), result_config(a), data_digest=None)
+    del record["data_digest"]
+    write_json(tmp_path / "results.json", record)
+    with caplog.at_level("WARNING", logger="noisy_prompt.cell"):
+        assert finished_result(tmp_path, config_hash(a), result_config(a), data_digest="bbbbbbbbbbbbbbbb")
+    assert "predates data_digest" in caplog.text
+
+
+def test_the_worlds_digest_follows_its_code_and_keys_the_feature_cache(tmp_path):
+    from noisy_prompt.data.readers import data_digest
+    from noisy_prompt.synthetic import dataset as syn
+
+    here = Path(syn.__file__).parent
+    for name in syn._WORLD_SOURCES:
+        (tmp_path / name).write_bytes((here / name).read_bytes())
+    assert syn.sources_digest(tmp_path) == syn.world_digest() == data_digest("synthetic")
+    # an edit nobody bumped RENDER_VERSION for (a field-condition range) changes the digest ...
+    world = tmp_path / "world.py"
+    world.write_text(world.read_text().replace('"tint": (0.6, 1.1)', '"tint": (0.6, 1.3)'))
+    assert syn.sources_digest(tmp_path) != syn.world_digest()
+    # ... and every cached image's key carries the digest, so old features are not served
+    assert syn.world_digest() in syn.image_key("train", "field", 0)
+    assert data_digest("cifar100") is None  # real data on disk publishes none
+    with pytest.raises(KeyError, match="unknown dataset"):
+        data_digest("no_such_dataset")
 
 
 def test_weights_digest_follows_the_file_contents_not_their_name(tmp_path):

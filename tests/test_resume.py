@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 import noisy_prompt.config  # noqa: F401
 from noisy_prompt.cell import StaleCellError
 from noisy_prompt.clip.factory import weights_digest
+from noisy_prompt.data.readers import data_digest
 from noisy_prompt.task import run_cell
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -42,6 +43,11 @@ def test_finished_cell_is_skipped_and_another_configs_checkpoint_is_not_resumed(
     stored = json.loads((run_dir / "results.json").read_text())
     (run_dir / "results.json").write_text(json.dumps({**stored, "weights_digest": "0" * 16}))
     with pytest.raises(StaleCellError, match="other backbone weights"):
+        run_cell(cfg, run_dir)
+    # ... and so is one made from other dataset content under the same name (an edited world)
+    assert first["data_digest"] == data_digest("synthetic")
+    (run_dir / "results.json").write_text(json.dumps({**stored, "data_digest": "0" * 16}))
+    with pytest.raises(StaleCellError, match="other dataset content"):
         run_cell(cfg, run_dir)
     (run_dir / "results.json").write_text(json.dumps(stored))
     # the C x C transition matrix is in noise.json only

@@ -12,7 +12,7 @@ import torch
 from noisy_prompt.data.base import DatasetSplits
 from noisy_prompt.synthetic import SYNTHETIC_CLIP_DIR, class_descriptions, read_synthetic
 from noisy_prompt.synthetic import captions, pretrain, world
-from noisy_prompt.synthetic.dataset import SyntheticImageLoader
+from noisy_prompt.synthetic.dataset import SyntheticImageLoader, world_digest
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,7 +125,7 @@ def test_read_synthetic_sizes_labels_templates_and_descriptions():
     assert ds.templates == ["a photo of a {}."]
     img = ds.train.load(0)
     assert img.size == (32, 32) and img.mode == "RGB"
-    assert ds.train.keys[0] == f"synthetic-v3/c40/train/{world.DOWNSTREAM_STYLE}/0"
+    assert ds.train.keys[0] == f"synthetic-v3-{world_digest()}/c40/train/{world.DOWNSTREAM_STYLE}/0"
     assert read_synthetic(num_val_per_class=0, num_train_per_class=1, num_test_per_class=1).val is None
     # the dataset publishes its class descriptions (TANGO's anchors through the data seam)
     assert set(ds.class_descriptions) == set(ds.classnames)
@@ -152,7 +152,7 @@ def test_splits_are_disjoint():
 def test_keys_name_style_classes_and_nondefault_seed():
     a = read_synthetic(num_train_per_class=1, num_val_per_class=0, num_test_per_class=1, style="plain")
     b = read_synthetic(num_train_per_class=1, num_val_per_class=0, num_test_per_class=1, style="plain", world_seed=3)
-    assert a.train.keys[5] == "synthetic-v3/c64/train/plain/5"
+    assert a.train.keys[5] == f"synthetic-v3-{world_digest()}/c64/train/plain/5"
     assert b.train.keys[5] != a.train.keys[5] and "seed3" in b.train.keys[5]
 
 

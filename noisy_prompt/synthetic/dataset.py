@@ -1,7 +1,9 @@
 """The synthetic world as a dataset reader, returning the same types as the real-data readers."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from PIL import Image
@@ -10,9 +12,14 @@ from ..data.base import DatasetSplits, ImageSplit
 from .captions import class_descriptions
 from .world import CLASSNAMES, DOWNSTREAM_STYLE, check_style, downstream_classes, render_pil
 
-# Bump when the renderer changes what an (index, style, seed, class) looks like: keys carry it, so
-# cached features of old images are never reused.
+# Bump when the renderer changes what an (index, style, seed, class) looks like. Keys also carry
+# world_digest(), so an edit that nobody bumped for (a field-condition range, say) still never
+# serves cached features of the old images.
 RENDER_VERSION = "synthetic-v3"
+# The modules that decide what the dataset holds: pixels and labels (world), the published class
+# descriptions (captions), splits and keys (this file). Pretraining is not among them: it changes
+# the weights, which clip.factory.weights_digest covers.
+_WORLD_SOURCES = ("world.py", "captions.py", "dataset.py")
 # Sentences per class published as the dataset's class descriptions (TANGO's K).
 NUM_DESCRIPTIONS = 40
 
@@ -31,10 +38,33 @@ class SyntheticImageLoader:
         return render_pil(self.world_seed, self.split, index, self.style, self.class_ids[index % len(self.class_ids)])
 
 
+@lru_cache(maxsize=1)
+def world_digest() -> str:
+    """sha256 (16 hex) of the source of the modules that decide the images, labels and class
+    descriptions. The feature cache keys and each run's record (`data_digest`) carry it, so a world
+    edited in place is never answered with features or results of the world before the edit. Any
+    byte counts, comments too: a needless recompute is cheap, a stale number is not."""
+    return sources_digest(Path(__file__).parent)
+
+
+def sources_digest(folder: Path, names: tuple[str, ...] = _WORLD_SOURCES) -> str:
+    h = hashlib.sha256()
+    for name in names:
+        h.update(name.encode() + b"\0" + (Path(folder) / name).read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def content_digest(root: str | Path | None = None, **reader_kwargs) -> str:
+    """The data seam's digest of this dataset (see data.readers.data_digest): the world's code. The
+    reader's arguments (world seed, class count, split sizes) are in the run's config hash already."""
+    del root, reader_kwargs
+    return world_digest()
+
+
 def image_key(split: str, style: str, index: int, world_seed: int = 0, num_classes: int = 64) -> str:
     # The image depends on its class, and the class of index i on the class count: both in the key.
     seed_part = "" if world_seed == 0 else f"seed{world_seed}/"
-    return f"{RENDER_VERSION}/{seed_part}c{num_classes}/{split}/{style}/{index}"
+    return f"{RENDER_VERSION}-{world_digest()}/{seed_part}c{num_classes}/{split}/{style}/{index}"
 
 
 def synthetic_split(split: str, num_per_class: int, style: str, world_seed: int = 0, num_classes: int = 64) -> ImageSplit:

@@ -30,6 +30,13 @@ READERS: dict[str, str] = {
     "clothing1m": "noisy_prompt.data.readers.fulldata:read_clothing1m",
 }
 
+# Datasets that can name their content cheaply publish a digest of it (module:function taking the
+# reader's root and kwargs); a run records it and never reuses a result of other content. The built-in
+# world hashes its code; a real dataset on disk has none here (hashing its files would cost a full read).
+DIGESTS: dict[str, str] = {
+    "synthetic": "noisy_prompt.synthetic.dataset:content_digest",
+}
+
 
 def get_reader(name: str) -> Callable[..., DatasetSplits]:
     if name not in READERS:
@@ -44,3 +51,12 @@ def default_data_root() -> Path:
 
 def read_dataset(name: str, root: str | Path | None = None, **kwargs) -> DatasetSplits:
     return get_reader(name)(Path(root) if root else default_data_root(), **kwargs)
+
+
+def data_digest(name: str, root: str | Path | None = None, **kwargs) -> str | None:
+    """The digest dataset `name` publishes of its content (DIGESTS), or None when it publishes none."""
+    get_reader(name)  # an unknown name fails here, with the list of known ones
+    if name not in DIGESTS:
+        return None
+    module, fn = DIGESTS[name].split(":")
+    return getattr(importlib.import_module(module), fn)(root, **kwargs)
