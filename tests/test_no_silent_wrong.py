@@ -126,8 +126,11 @@ def test_the_worlds_digest_follows_its_code_and_keys_the_feature_cache(tmp_path)
     world = tmp_path / "world.py"
     world.write_text(world.read_text().replace('"tint": (0.6, 1.1)', '"tint": (0.6, 1.3)'))
     assert syn.sources_digest(tmp_path) != syn.world_digest()
-    # ... and every cached image's key carries the digest, so old features are not served
-    assert syn.world_digest() in syn.image_key("train", "field", 0)
+    # ... and every image's cache identity carries the digest, so old features are not served; its key
+    # (which also seeds its augmentations) does not, so augmented views stay what they were
+    split = syn.synthetic_split("train", 1, "field")
+    assert split.identity(0) == f"{split.keys[0]}|{syn.world_digest()}"
+    assert syn.world_digest() not in split.keys[0]
     assert data_digest("cifar100") is None  # real data on disk publishes none
     with pytest.raises(KeyError, match="unknown dataset"):
         data_digest("no_such_dataset")

@@ -12,7 +12,7 @@ import torch
 from noisy_prompt.data.base import DatasetSplits
 from noisy_prompt.synthetic import SYNTHETIC_CLIP_DIR, class_descriptions, read_synthetic
 from noisy_prompt.synthetic import captions, pretrain, world
-from noisy_prompt.synthetic.dataset import SyntheticImageLoader, world_digest
+from noisy_prompt.synthetic.dataset import SyntheticImageLoader
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,7 +125,7 @@ def test_read_synthetic_sizes_labels_templates_and_descriptions():
     assert ds.templates == ["a photo of a {}."]
     img = ds.train.load(0)
     assert img.size == (32, 32) and img.mode == "RGB"
-    assert ds.train.keys[0] == f"synthetic-v3-{world_digest()}/c40/train/{world.DOWNSTREAM_STYLE}/0"
+    assert ds.train.keys[0] == f"synthetic-v3/c40/train/{world.DOWNSTREAM_STYLE}/0"
     assert read_synthetic(num_val_per_class=0, num_train_per_class=1, num_test_per_class=1).val is None
     # the dataset publishes its class descriptions (TANGO's anchors through the data seam)
     assert set(ds.class_descriptions) == set(ds.classnames)
@@ -152,7 +152,7 @@ def test_splits_are_disjoint():
 def test_keys_name_style_classes_and_nondefault_seed():
     a = read_synthetic(num_train_per_class=1, num_val_per_class=0, num_test_per_class=1, style="plain")
     b = read_synthetic(num_train_per_class=1, num_val_per_class=0, num_test_per_class=1, style="plain", world_seed=3)
-    assert a.train.keys[5] == f"synthetic-v3-{world_digest()}/c64/train/plain/5"
+    assert a.train.keys[5] == "synthetic-v3/c64/train/plain/5"
     assert b.train.keys[5] != a.train.keys[5] and "seed3" in b.train.keys[5]
 
 
@@ -309,3 +309,26 @@ def test_open_clip_preprocess_matches_the_pretraining_input(committed_clip):
     img = world.render(0, "test", 3, "field", 5)
     ours = pretrain.to_tensor([img], cfg["mean"], cfg["std"])[0]
     torch.testing.assert_close(preprocess(Image.fromarray(img)), ours, atol=1e-5, rtol=0)
+
+
+def test_probe_changes_only_its_own_process_and_folder(monkeypatch, tmp_path):
+    from noisy_prompt.methods.base import ClassifierModule
+    from noisy_prompt.synthetic import probe
+
+    monkeypatch.setattr(world, "FIELD_RANGES", dict(world.FIELD_RANGES))
+    monkeypatch.setattr(ClassifierModule, "logit_scale", ClassifierModule.logit_scale)
+    field = probe.parse_field('{"tint": [0.8, 1.3]}')
+    assert field == {"tint": (0.8, 1.3)}
+    # every change has its own folder: a probe never shares cell dirs or cached features with the world as committed
+    tags = {probe.probe_tag(1.0, {}), probe.probe_tag(0.3, {}), probe.probe_tag(1.0, field)}
+    assert len(tags) == 3 and probe.probe_tag(0.3, {}) == probe.probe_tag(0.3, {})
+    probe.apply(0.5, field)
+    assert world.FIELD_RANGES["tint"] == (0.8, 1.3)
+    fake = type("M", (), {"clip": type("C", (), {"logit_scale": torch.tensor(2.0)})()})()
+    assert float(ClassifierModule.logit_scale.fget(fake)) == pytest.approx(0.5 * float(torch.tensor(2.0).exp()))
+    for bad, msg in [('{"glow": [1, 2]}', "unknown condition 'glow'"), ('{"tint": [2, 1]}', "low <= high"),
+                     ("[1, 2]", "unknown condition"), ("{tint", "not JSON")]:
+        with pytest.raises(SystemExit, match=msg):
+            probe.parse_field(bad)
+    with pytest.raises(SystemExit, match="set by the probe"):
+        probe.main(["--root", str(tmp_path), "--", "model=coop", f"paths.log_dir={tmp_path}"])

@@ -102,7 +102,9 @@ class ImageSplit:
         item = self.items[i]
         if not is_file_item(item):
             source = getattr(self.loader, "source", None)  # an in-memory array read from a file (CIFAR)
-            return self.keys[i] if source is None else f"{self.keys[i]}|{file_identity(source)}"
+            ident = self.keys[i] if source is None else f"{self.keys[i]}|{file_identity(source)}"
+            content = getattr(self.loader, "content_digest", None)  # a generated image: its generator's code
+            return ident if content is None else f"{ident}|{content}"
         try:
             return f"{self.keys[i]}|{file_identity(item)}"
         except FileNotFoundError:

@@ -12,9 +12,10 @@ from ..data.base import DatasetSplits, ImageSplit
 from .captions import class_descriptions
 from .world import CLASSNAMES, DOWNSTREAM_STYLE, check_style, downstream_classes, render_pil
 
-# Bump when the renderer changes what an (index, style, seed, class) looks like. Keys also carry
-# world_digest(), so an edit that nobody bumped for (a field-condition range, say) still never
-# serves cached features of the old images.
+# Bump when the renderer changes what an (index, style, seed, class) looks like. Keys also seed each
+# image's augmentations, so they stay as they are; the cache identity of an image carries
+# world_digest() besides (SyntheticImageLoader.content_digest), so an edit that nobody bumped this
+# for (a field-condition range, say) still never serves cached features of the old images.
 RENDER_VERSION = "synthetic-v3"
 # The modules that decide what the dataset holds: pixels and labels (world), the published class
 # descriptions (captions), splits and keys (this file). Pretraining is not among them: it changes
@@ -32,6 +33,11 @@ class SyntheticImageLoader:
     split: str
     style: str
     class_ids: tuple[int, ...]  # local label -> global class id
+
+    @property
+    def content_digest(self) -> str:
+        """What ImageSplit.identity adds to an image's key: the code that renders it."""
+        return world_digest()
 
     def __call__(self, index: int) -> Image.Image:
         index = int(index)
@@ -64,7 +70,7 @@ def content_digest(root: str | Path | None = None, **reader_kwargs) -> str:
 def image_key(split: str, style: str, index: int, world_seed: int = 0, num_classes: int = 64) -> str:
     # The image depends on its class, and the class of index i on the class count: both in the key.
     seed_part = "" if world_seed == 0 else f"seed{world_seed}/"
-    return f"{RENDER_VERSION}-{world_digest()}/{seed_part}c{num_classes}/{split}/{style}/{index}"
+    return f"{RENDER_VERSION}/{seed_part}c{num_classes}/{split}/{style}/{index}"
 
 
 def synthetic_split(split: str, num_per_class: int, style: str, world_seed: int = 0, num_classes: int = 64) -> ImageSplit:

@@ -1,0 +1,87 @@
+"""What-if probes of the built-in world, for whoever designs the next one (README section 7).
+
+Runs one cell of the run command with a change that no config can express, made in memory:
+  --scale-factor F   the logit scale every method sees is multiplied by F (F < 1: a compressed
+                     image-text geometry like real CLIP's, whose true-class cosines spread over
+                     about 0.08 against this world's 0.45; F > 1: a sharper one);
+  --field JSON       downstream field-condition ranges replacing world.FIELD_RANGES entries,
+                     e.g. '{"tint": [0.8, 1.3], "clutter": [5, 8]}' (strengths beyond the
+                     pretraining ranges: a wider gap between pretraining and the field).
+A probe is evidence about the world, not a method or a world: the calibration (`make calibrate`)
+judges only the world as committed. Neither change is in the config hash, and a field change is
+not in the world's data digest (the source is unchanged), so a probe's runs and cached features go
+under a folder of their own, named after the change, never under the default log and cache dirs.
+
+    python -m noisy_prompt.synthetic.probe --scale-factor 0.3 -- \\
+        backbone=synthetic data=synthetic model=ptnl noise=sym80 seed=1 data.recipe.prompt.lr=0.02
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def probe_tag(scale_factor: float, field: dict) -> str:
+    """A folder name per change: runs of different changes never share a cell dir or a cache."""
+    text = json.dumps({"scale_factor": scale_factor, "field": field}, sort_keys=True)
+    return f"f{scale_factor:g}-" + hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def parse_field(text: str | None) -> dict[str, tuple[float, float]]:
+    from .world import FIELD_RANGES
+
+    if not text:
+        return {}
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"--field: not JSON ({err}): {text!r}") from None
+    out = {}
+    for name, rng in (raw.items() if isinstance(raw, dict) else [(None, None)]):
+        if name not in FIELD_RANGES:
+            raise SystemExit(f"--field: unknown condition {name!r}; expected an object over {sorted(FIELD_RANGES)}")
+        if not (isinstance(rng, list) and len(rng) == 2 and all(isinstance(v, (int, float)) for v in rng) and rng[0] <= rng[1]):
+            raise SystemExit(f"--field: {name} must be [low, high] with low <= high, got {rng!r}")
+        out[name] = (float(rng[0]), float(rng[1]))
+    return out
+
+
+def apply(scale_factor: float, field: dict[str, tuple[float, float]]) -> None:
+    """Make the change in this process (the run command then runs in it)."""
+    from ..methods import base
+    from . import world
+
+    if scale_factor <= 0:
+        raise SystemExit(f"--scale-factor must be > 0, got {scale_factor}")
+    if scale_factor != 1.0:
+        base.ClassifierModule.logit_scale = property(lambda self: self.clip.logit_scale.detach().exp() * scale_factor)
+    world.FIELD_RANGES.update(field)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ours, overrides = (argv[: argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    ap = argparse.ArgumentParser(prog="python -m noisy_prompt.synthetic.probe", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--scale-factor", type=float, default=1.0)
+    ap.add_argument("--field", default=None, help="JSON object: condition -> [low, high]")
+    ap.add_argument("--root", default=os.environ.get("NOISY_PROMPT_PROBES", str(Path.home() / "noisy_prompt" / "probes")),
+                    help="probe runs and caches go under ROOT/<change> (env NOISY_PROMPT_PROBES)")
+    args = ap.parse_args(ours)
+    field = parse_field(args.field)
+    if any(o.split("=", 1)[0].lstrip("+") in ("paths.log_dir", "paths.cache_dir") for o in overrides):
+        raise SystemExit("probe: paths.log_dir / paths.cache_dir are set by the probe (--root), not on its command line")
+    apply(args.scale_factor, field)
+    where = Path(args.root) / probe_tag(args.scale_factor, field)
+    print(f"probe: scale factor {args.scale_factor:g}, field {field or 'as committed'}; runs under {where}", flush=True)
+    from ..run import main as run_main
+
+    sys.argv = [sys.argv[0], *overrides, f"paths.log_dir={where / 'runs'}", f"paths.cache_dir={where / 'cache'}"]
+    run_main()
+
+
+if __name__ == "__main__":
+    main()
