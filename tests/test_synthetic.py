@@ -330,5 +330,7 @@ def test_probe_changes_only_its_own_process_and_folder(monkeypatch, tmp_path):
                      ("[1, 2]", "unknown condition"), ("{tint", "not JSON")]:
         with pytest.raises(SystemExit, match=msg):
             probe.parse_field(bad)
+    with pytest.raises(SystemExit, match="one cell per call"):
+        probe.main(["--root", str(tmp_path), "--", "-m", "model=coop"])
     with pytest.raises(SystemExit, match="set by the probe"):
         probe.main(["--root", str(tmp_path), "--", "model=coop", f"paths.log_dir={tmp_path}"])

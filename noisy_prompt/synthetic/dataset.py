@@ -47,7 +47,7 @@ class SyntheticImageLoader:
 @lru_cache(maxsize=1)
 def world_digest() -> str:
     """sha256 (16 hex) of the source of the modules that decide the images, labels and class
-    descriptions. The feature cache keys and each run's record (`data_digest`) carry it, so a world
+    descriptions. Each image's feature-cache identity and each run's record (`data_digest`) carry it, so a world
     edited in place is never answered with features or results of the world before the edit. Any
     byte counts, comments too: a needless recompute is cheap, a stale number is not."""
     return sources_digest(Path(__file__).parent)

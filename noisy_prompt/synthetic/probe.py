@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="probe runs and caches go under ROOT/<change> (env NOISY_PROMPT_PROBES)")
     args = ap.parse_args(ours)
     field = parse_field(args.field)
+    if any(o in ("-m", "--multirun") for o in overrides):
+        # a launcher may run cells in other processes, which would not carry the in-memory change
+        raise SystemExit("probe: one cell per call (no -m / --multirun): the change lives in this process only")
     if any(o.split("=", 1)[0].lstrip("+") in ("paths.log_dir", "paths.cache_dir") for o in overrides):
         raise SystemExit("probe: paths.log_dir / paths.cache_dir are set by the probe (--root), not on its command line")
     apply(args.scale_factor, field)
