@@ -334,3 +334,21 @@ def test_probe_changes_only_its_own_process_and_folder(monkeypatch, tmp_path):
         probe.main(["--root", str(tmp_path), "--", "-m", "model=coop"])
     with pytest.raises(SystemExit, match="set by the probe"):
         probe.main(["--root", str(tmp_path), "--", "model=coop", f"paths.log_dir={tmp_path}"])
+
+
+def test_probe_train_fit_counts_memorised_and_recovered_labels():
+    from noisy_prompt.synthetic.probe import train_fit
+
+    class Module(torch.nn.Module):
+        def logits(self, x):
+            return x
+
+    pred, true, given = [0, 1, 2, 3, 2, 1], [0, 1, 2, 3, 0, 1], [0, 1, 3, 0, 2, 1]
+    batches = [{"x": torch.eye(4)[pred[:3]], "label": torch.tensor(given[:3]), "clean_label": torch.tensor(true[:3])},
+               {"x": torch.eye(4)[pred[3:]], "label": torch.tensor(given[3:]), "clean_label": torch.tensor(true[3:])}]
+    dm = type("DM", (), {"train_eval_dataloader": lambda self: batches})()
+    fit = train_fit(Module().train(), dm)
+    # items 2, 3, 4 are mislabelled: 4 is predicted as its wrong label, 2 and 3 as their true class
+    assert fit["train/mislabelled"] == pytest.approx(50.0)
+    assert fit["train/fit_noisy"] == pytest.approx(100 / 3) and fit["train/fit_true_of_noisy"] == pytest.approx(200 / 3)
+    assert fit["train/fit_clean"] == pytest.approx(100.0)

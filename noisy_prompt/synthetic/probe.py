@@ -7,6 +7,9 @@ Runs one cell of the run command with a change that no config can express, made 
   --field JSON       downstream field-condition ranges replacing world.FIELD_RANGES entries,
                      e.g. '{"tint": [0.8, 1.3], "clutter": [5, 8]}' (strengths beyond the
                      pretraining ranges: a wider gap between pretraining and the field).
+Every probe also reports how the trained classifier fits its own training labels (`train/fit_*` in
+its results.json metrics, printed at the end): does a method take in the wrong labels (memorise) or
+predict the true ones through them?
 A probe is evidence about the world, not a method or a world: the calibration (`make calibrate`)
 judges only the world as committed. Neither change is in the config hash, and a field change is
 not in the world's data digest (the source is unchanged), so a probe's runs and cached features go
@@ -23,6 +26,8 @@ import json
 import os
 import sys
 from pathlib import Path
+
+import torch
 
 
 def probe_tag(scale_factor: float, field: dict) -> str:
@@ -62,6 +67,45 @@ def apply(scale_factor: float, field: dict[str, tuple[float, float]]) -> None:
     world.FIELD_RANGES.update(field)
 
 
+@torch.no_grad()
+def train_fit(module, dm) -> dict[str, float]:
+    """How the trained classifier predicts its training images (one pass, the test transform), in %:
+    fit_noisy — mislabelled images predicted as their given, wrong label (memorised noise);
+    fit_true_of_noisy — mislabelled images predicted as their true class; fit_clean — correctly
+    labelled images predicted right. Chance is 100 / classes."""
+    was = module.training
+    module.eval()
+    pred, given, true = [], [], []
+    for batch in dm.train_eval_dataloader():
+        pred.append(module.logits(batch["x"].to(getattr(module, "device", "cpu"))).argmax(1).cpu())
+        given.append(batch["label"])
+        true.append(batch["clean_label"])
+    module.train(was)
+    pred, given, true = torch.cat(pred), torch.cat(given), torch.cat(true)
+    wrong = given != true
+
+    def pct(mask: torch.Tensor, hit: torch.Tensor) -> float:
+        return float(100.0 * hit[mask].float().mean()) if bool(mask.any()) else float("nan")
+
+    return {"train/fit_noisy": pct(wrong, pred == given), "train/fit_true_of_noisy": pct(wrong, pred == true),
+            "train/fit_clean": pct(~wrong, pred == given), "train/mislabelled": float(100.0 * wrong.float().mean())}
+
+
+def _report_fit() -> None:
+    """Add train_fit to the metrics the run records (task.collect_metrics is looked up at call time)."""
+    from .. import task
+
+    collect = task.collect_metrics
+
+    def collect_with_fit(module, dm):
+        metrics = collect(module, dm)
+        metrics.update(train_fit(module, dm))
+        print("probe: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if k.startswith("train/")), flush=True)
+        return metrics
+
+    task.collect_metrics = collect_with_fit
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     ours, overrides = (argv[: argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
@@ -78,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     if any(o.split("=", 1)[0].lstrip("+") in ("paths.log_dir", "paths.cache_dir") for o in overrides):
         raise SystemExit("probe: paths.log_dir / paths.cache_dir are set by the probe (--root), not on its command line")
     apply(args.scale_factor, field)
+    _report_fit()
     where = Path(args.root) / probe_tag(args.scale_factor, field)
     print(f"probe: scale factor {args.scale_factor:g}, field {field or 'as committed'}; runs under {where}", flush=True)
     from ..run import main as run_main
