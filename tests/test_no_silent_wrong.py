@@ -124,7 +124,7 @@ def test_the_worlds_digest_follows_its_code_and_keys_the_feature_cache(tmp_path)
     assert syn.sources_digest(tmp_path) == syn.world_digest() == data_digest("synthetic")
     # an edit nobody bumped RENDER_VERSION for (a field-condition range) changes the digest ...
     world = tmp_path / "world.py"
-    world.write_text(world.read_text().replace('"tint": (0.6, 1.1)', '"tint": (0.6, 1.3)'))
+    world.write_text(world.read_text() + '\nFIELD_RANGES["tint"] = (0.6, 1.3)\n')
     assert syn.sources_digest(tmp_path) != syn.world_digest()
     # ... and every image's cache identity carries the digest, so old features are not served; its key
     # (which also seeds its augmentations) does not, so augmented views stay what they were
