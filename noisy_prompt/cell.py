@@ -325,6 +325,22 @@ DIGEST_WHAT = {
 }
 
 
+def check_digests(path: Path, stored: Mapping[str, Any], digests: Mapping[str, str | None], redo: str) -> None:
+    """Raise StaleCellError when `stored` (a record read from `path`) was made with other weights or
+    dataset content than `digests` (DIGEST_WHAT's keys), each checked when both sides have one; warn
+    when the record predates a digest this run has. `redo` says what force=true does there."""
+    for key, now in digests.items():
+        what, same, example = DIGEST_WHAT[key]
+        old = stored.get(key)
+        if now is not None and old is not None and old != now:
+            raise StaleCellError(
+                f"{path} was made with other {what} ({key} {old}, this run {now}; {same} and the rest "
+                f"of the config are the same, e.g. {example})\nRerun with force=true to {redo}, or "
+                "pick another sweep=NAME to keep both.")
+        if now is not None and old is None:
+            log.warning("%s predates %s: reused without checking that it used this run's %s", path, key, what)
+
+
 def finished_result(run_dir: Path, config_hash: str, config: Mapping[str, Any] | None = None,
                     weights_digest: str | None = None, data_digest: str | None = None) -> dict | None:
     """The stored results.json when it was made by this very configuration; None when there is none.
@@ -339,16 +355,7 @@ def finished_result(run_dir: Path, config_hash: str, config: Mapping[str, Any] |
         return None
     stored = read_json(path)
     if stored.get("config_hash") == config_hash:
-        for key, now in (("weights_digest", weights_digest), ("data_digest", data_digest)):
-            what, same, example = DIGEST_WHAT[key]
-            old = stored.get(key)
-            if now is not None and old is not None and old != now:
-                raise StaleCellError(
-                    f"{path} was made with other {what} ({key} {old}, this run {now}; {same} and the rest "
-                    f"of the config are the same, e.g. {example})\nRerun with force=true to replace it, or "
-                    "pick another sweep=NAME to keep both.")
-            if now is not None and old is None:
-                log.warning("%s predates %s: reused without checking that it used this run's %s", path, key, what)
+        check_digests(path, stored, {"weights_digest": weights_digest, "data_digest": data_digest}, "replace it")
         return stored
     diff = config_diff(stored.get("config") or {}, config or {}) if config is not None else []
     raise StaleCellError(

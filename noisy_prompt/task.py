@@ -20,8 +20,9 @@ import lightning as L
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from noisy_prompt.cell import (FAILED, RESULTS, CellId, StaleCellError, cell_lock, config_diff, finished_result,
-                               is_secondary_rank, parse_settings, read_json, task_overrides, write_json)
+from noisy_prompt.cell import (FAILED, RESULTS, CellId, StaleCellError, cell_lock, check_digests, config_diff,
+                               finished_result, is_secondary_rank, parse_settings, read_json, task_overrides,
+                               write_json)
 from noisy_prompt.clip.factory import weights_digest
 from noisy_prompt.config import config_hash, ctor_kwargs, result_config
 from noisy_prompt.data.readers import data_digest
@@ -137,11 +138,13 @@ def _failure(cell: CellId, cfg: DictConfig, err: BaseException, t0: float) -> di
             "wall_time_s": round(time.time() - t0, 2)}
 
 
-RUN_CONFIG = "run_config.json"  # the config hash the checkpoints in this dir were made with
+RUN_CONFIG = "run_config.json"  # the config hash and digests the checkpoints in this dir were made with
 
 
-def _check_checkpoint_config(cfg: DictConfig, run_dir: Path, cell: CellId, chash: str, rconf: dict, t0: float) -> None:
-    """A checkpoint is resumed only by the configuration that wrote it; force=true starts afresh."""
+def _check_checkpoint_config(cfg: DictConfig, run_dir: Path, cell: CellId, chash: str, rconf: dict, t0: float,
+                             digests: dict[str, str | None]) -> None:
+    """A checkpoint is resumed only by the configuration, weights and dataset content that wrote it;
+    force=true starts afresh."""
     ckpt_dir = run_dir / "checkpoints"
     if is_secondary_rank():  # plain DDP re-runs this command per rank: rank 0 alone manages the dir
         return
@@ -156,7 +159,12 @@ def _check_checkpoint_config(cfg: DictConfig, run_dir: Path, cell: CellId, chash
                                  + "\nRerun with force=true to start this cell afresh, or pick another sweep=NAME.")
             write_json(run_dir / FAILED, _failure(cell, cfg, err, t0))
             raise err
-    write_json(run_dir / RUN_CONFIG, {"config_hash": chash, "config": rconf})
+        try:
+            check_digests(ckpt_dir / "last.ckpt", stored, digests, "start this cell afresh")
+        except StaleCellError as err:
+            write_json(run_dir / FAILED, _failure(cell, cfg, err, t0))
+            raise
+    write_json(run_dir / RUN_CONFIG, {"config_hash": chash, "config": rconf, **digests})
 
 
 def run_cell(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -170,11 +178,11 @@ def _run_locked(cfg: DictConfig, run_dir: Path, cell: CellId) -> dict[str, Any]:
     results_path = run_dir / RESULTS
     t0 = time.time()
     chash, rconf = config_hash(cfg), result_config(cfg)
-    wdigest = weights_digest(str(cfg.backbone.model), cfg.backbone.get("pretrained"))
-    ddigest = data_digest_of(cfg)
+    digests = {"weights_digest": weights_digest(str(cfg.backbone.model), cfg.backbone.get("pretrained")),
+               "data_digest": data_digest_of(cfg)}
     if not cfg.get("force", False):
         try:
-            stored = finished_result(run_dir, chash, rconf, weights_digest=wdigest, data_digest=ddigest)
+            stored = finished_result(run_dir, chash, rconf, **digests)
         except StaleCellError as err:
             write_json(run_dir / FAILED, _failure(cell, cfg, err, t0))
             raise
@@ -182,7 +190,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, cell: CellId) -> dict[str, Any]:
             log.info("cell already finished, skipping (force=true to rerun): %s", results_path)
             return stored
     (run_dir / FAILED).unlink(missing_ok=True)
-    _check_checkpoint_config(cfg, run_dir, cell, chash, rconf, t0)
+    _check_checkpoint_config(cfg, run_dir, cell, chash, rconf, t0, digests)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     loggers: list = []
     trainer = None
@@ -226,8 +234,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, cell: CellId) -> dict[str, Any]:
             "noise": {k: v for k, v in noise.items() if k != "transition"},
             "config_hash": chash,
             "config": rconf,
-            "weights_digest": wdigest,
-            "data_digest": ddigest,
+            **digests,
             "versions": versions(),
             "git_rev": git_revision(),
             "world_size": trainer.world_size,

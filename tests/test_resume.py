@@ -57,6 +57,13 @@ def test_finished_cell_is_skipped_and_another_configs_checkpoint_is_not_resumed(
     # a crash (no results.json) and a rerun with another epoch count in the same dir (an edited preset):
     # the 2-epoch checkpoint is not silently continued as if it were the 3-epoch run's
     (run_dir / "results.json").unlink()
+    # a checkpoint left by a crash is resumed only with the weights and dataset content that wrote it
+    run_config = json.loads((run_dir / "run_config.json").read_text())
+    assert run_config["data_digest"] == data_digest("synthetic") and run_config["weights_digest"] == first["weights_digest"]
+    (run_dir / "run_config.json").write_text(json.dumps({**run_config, "data_digest": "0" * 16}))
+    with pytest.raises(StaleCellError, match="last.ckpt was made with other dataset content"):
+        run_cell(cfg, run_dir)
+    (run_dir / "run_config.json").write_text(json.dumps(run_config))
     with pytest.raises(StaleCellError, match="max_epochs: 2 -> 3"):
         run_cell(_cfg(tiny_backbone, tmp_path, 3), run_dir)
     # force=true starts afresh: all 3 epochs run in this process
