@@ -12,7 +12,7 @@ TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 PYTEST_PAR = -n $(TEST_WORKERS) --dist worksteal
 ARGS ?=
 
-.PHONY: install run test test-fast sweep aggregate bench bench-gpu pretrain calibrate clean
+.PHONY: install run test test-fast sweep aggregate evidence bench bench-gpu pretrain calibrate clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -44,6 +44,10 @@ sweep: install
 
 aggregate: install
 	$(BIN)/python -m noisy_prompt.aggregate $(LOGS)/$(TABLE) --table $(TABLE) $(ARGS)
+
+# Rewrites every table of evidence/README.md and redraws evidence/figures/ from the committed run records.
+evidence: install
+	$(BIN)/python -m noisy_prompt.reporting.evidence $(ARGS)
 
 # CPU: DP-SEP step time/memory of the dassl, cut and prefix text paths (takes ~30 min on 2 busy cores).
 bench: install

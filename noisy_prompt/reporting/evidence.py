@@ -1,0 +1,124 @@
+"""`python -m noisy_prompt.reporting.evidence [--check] [--no-figures]` (`make evidence`): regenerate
+every table (and figure) that `evidence/README.md` shows, from the run records committed beside it.
+
+The page marks each generated table with the aggregate command that prints it:
+
+    <!-- aggregate: evidence/synthetic_tango --table synthetic_tango -->
+    ...the command's output, written here...
+    <!-- /aggregate -->
+
+Paths in the command are relative to the repository root. `--plot FILE.png` in a command also redraws
+that figure (skipped by `--check` and `--no-figures`); a figure whose table is not shown is marked
+`<!-- figure: ARGS -->` beside its image. `--check` rewrites nothing and exits 1 when a
+block differs from what the command prints now, so a table from an older state of the code or records
+cannot stay on the page unnoticed (a fast test runs it).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import re
+import shlex
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from noisy_prompt.reporting.aggregate import main as aggregate_main
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BLOCK = re.compile(r"(<!-- aggregate: (?P<args>.*?) -->\n)(?P<body>.*?)(<!-- /aggregate -->)", re.S)
+# A figure is drawn by an aggregate command with --plot; the page shows the image, not the output.
+FIGURE = re.compile(r"<!-- figure: (?P<args>.*?) -->")
+
+
+@dataclass(frozen=True)
+class Block:
+    args: str
+    body: str
+    span: tuple[int, int]  # of the body inside the page
+
+
+def blocks(page: str) -> list[Block]:
+    return [Block(m.group("args"), m.group("body"), m.span("body")) for m in BLOCK.finditer(page)]
+
+
+def _argv(args: str, root: Path, figures: bool) -> list[str]:
+    """The block's command line for `aggregate.main`: paths made absolute under `root`; without
+    `figures`, `--plot FILE` and `--plot-rows ROWS` dropped."""
+    argv = shlex.split(args)
+    out = [str(root / argv[0])] if argv and not argv[0].startswith("-") else []
+    rest = argv[len(out):]
+    i = 0
+    while i < len(rest):
+        a = rest[i]
+        if a in ("--plot", "--plot-rows"):
+            if figures:
+                out += [a, str(root / rest[i + 1]) if a == "--plot" else rest[i + 1]]
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
+def render(args: str, root: Path = REPO_ROOT, figures: bool = False) -> str:
+    """What `python -m noisy_prompt.aggregate ARGS` prints to stdout (warnings go to stderr, not the page)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "table.txt"
+        argv = _argv(args, root, figures) + ["--out", str(out)]
+        with contextlib.redirect_stderr(io.StringIO()):
+            rc = aggregate_main(argv)
+        if rc != 0 or not out.exists():
+            raise RuntimeError(f"`python -m noisy_prompt.aggregate {args}` failed (exit {rc})")
+        text = out.read_text(encoding="utf-8")
+    return text if text.endswith("\n") else text + "\n"
+
+
+def regenerate(page: str, root: Path = REPO_ROOT, figures: bool = False) -> tuple[str, list[str]]:
+    """The page with every block's body replaced by its command's output, and the commands that changed."""
+    changed: list[str] = []
+    pieces: list[str] = []
+    last = 0
+    for b in blocks(page):
+        new = render(b.args, root, figures)
+        if new != b.body:
+            changed.append(b.args)
+        pieces += [page[last:b.span[0]], new]
+        last = b.span[1]
+    pieces.append(page[last:])
+    if figures:
+        for m in FIGURE.finditer(page):
+            render(m.group("args"), root, figures=True)
+    return "".join(pieces), changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m noisy_prompt.reporting.evidence", description=__doc__.split("\n\n")[0])
+    p.add_argument("--page", type=Path, default=REPO_ROOT / "evidence" / "README.md")
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a table is out of date")
+    p.add_argument("--no-figures", action="store_true", help="do not redraw the figures")
+    a = p.parse_args(argv)
+    if not a.page.is_file():
+        print(f"error: {a.page} not found (run from a clone of the repository)", file=sys.stderr)
+        return 2
+    page = a.page.read_text(encoding="utf-8")
+    found = blocks(page)
+    if not found:
+        print(f"error: {a.page} has no `<!-- aggregate: ... -->` block", file=sys.stderr)
+        return 2
+    new, changed = regenerate(page, a.page.resolve().parents[1], figures=not (a.check or a.no_figures))
+    for c in changed:
+        print(f"{'out of date' if a.check else 'updated'}: aggregate {c}")
+    if a.check:
+        print(f"{len(found) - len(changed)} of {len(found)} tables up to date")
+        return 1 if changed else 0
+    if new != page:
+        a.page.write_text(new, encoding="utf-8")
+    print(f"{len(found)} tables regenerated ({len(changed)} changed) in {a.page}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
