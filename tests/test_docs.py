@@ -1,0 +1,48 @@
+"""The README and docs/: the generated config table is current, links resolve, the front door stays short."""
+import re
+from pathlib import Path
+
+from noisy_prompt.reporting import config_table
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "evidence" / "README.md"]
+LINK = re.compile(r"\]\(([^)#\s]+)(#[^)\s]*)?\)")
+
+
+def test_config_table_lists_every_config():
+    assert config_table.main(["--readme", str(ROOT / "README.md"), "--check"]) == 0
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    for group in ("model", "data", "noise", "backbone", "trainer", "logger"):
+        for yaml in (ROOT / "conf" / group).glob("*.yaml"):
+            if not yaml.name.startswith("_"):
+                assert f"`{yaml.stem}`" in text, f"conf/{group}/{yaml.name} missing from the README's config table"
+
+
+def test_config_table_check_fails_on_a_new_config(tmp_path):
+    conf = tmp_path / "conf"
+    for group in ("model", "noise"):
+        (conf / group).mkdir(parents=True)
+        (conf / group / "a.yaml").write_text("{}\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("x\n<!-- config-table -->\n" + config_table.table(conf) + "<!-- /config-table -->\n")
+    assert config_table.main(["--readme", str(readme), "--check"]) == 0
+    (conf / "model" / "b.yaml").write_text("{}\n")
+    assert config_table.main(["--readme", str(readme), "--check"]) == 1
+    assert config_table.main(["--readme", str(readme)]) == 0
+    assert "`b`" in readme.read_text()
+
+
+def test_readme_is_a_short_front_door():
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").count("\n")
+    assert lines <= 260, f"README.md has {lines} lines; detail belongs in docs/"
+
+
+def test_every_relative_link_resolves():
+    broken = []
+    for page in PAGES:
+        for target, _ in LINK.findall(page.read_text(encoding="utf-8")):
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
+            if not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(ROOT)} -> {target}")
+    assert broken == []
