@@ -167,6 +167,7 @@ class CLIPDataModule(L.LightningDataModule):
         self.clip_bundle = clip_bundle
         self.splits: DatasetSplits | None = None
         self.noise_result = None
+        self.feature_dtype = "float32"  # the precision of the served frozen features (FeatureCache.stored_dtype)
         self._ready = False
 
     # ---- label side: pure functions of (config, seed) -------------------------------------------
@@ -292,6 +293,7 @@ class CLIPDataModule(L.LightningDataModule):
         was_training = visual.training
         visual.eval()
         cache = FeatureCache(self.cache_dir, bundle.identity)
+        self.feature_dtype = cache.stored_dtype
 
         def encode(x):
             return visual(x)
