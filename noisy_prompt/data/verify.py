@@ -40,7 +40,7 @@ LAYOUTS: dict[str, tuple[str, str]] = {
 DATASETS: list[str] = [n for n in REGISTRY if n in LAYOUTS]
 # a user's own images (generic.py): command-line option -> reader argument; not part of --all
 GENERIC: dict[str, dict[str, str]] = {
-    "folder": {"data.root": "root", "data.classnames": "classnames", "data.split.test": "test_fraction",
+    "folder": {"data.root": "folder", "data.classnames": "classnames", "data.split.test": "test_fraction",
                "data.split.val": "val_fraction", "data.split.seed": "split_seed"},
     "csv": {"data.train": "train", "data.val": "val", "data.test": "test", "data.classnames": "classnames",
             "data.split.test": "test_fraction", "data.split.val": "val_fraction", "data.split.seed": "split_seed"},
@@ -113,7 +113,7 @@ def missing_images(splits: DatasetSplits) -> list[str]:
 
 
 def verify(name: str, data_root: Path, *, check_images: bool = True, quick: bool = False,
-           out: TextIO = sys.stdout, reader_kwargs: dict | None = None) -> bool:
+           out: TextIO = sys.stdout, reader_kwargs: dict | None = None, where: str | None = None) -> bool:
     """Check one dataset and report to `out`; True if it is complete."""
     from noisy_prompt.data.readers.generic import DatasetContentError
 
@@ -144,7 +144,7 @@ def verify(name: str, data_root: Path, *, check_images: bool = True, quick: bool
             for line in broken[:MAX_LISTED]:
                 print(f"  - {line}", file=out)
             return False
-    where = ", ".join(f"{k}={v}" for k, v in (reader_kwargs or {}).items() if v is not None) or f"under {data_root}"
+    where = where or f"under {data_root}"
     print(f"[ok] {name} {where}: {len(splits.classnames)} classes", file=out)
     for part, split in named_splits(splits, keep_none=True):
         if split is None:
@@ -193,13 +193,14 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     data_root = Path(root_value).expanduser() if root_value else default_data_root()
     check_images = options.get("check_images", "true").lower() not in ("false", "0", "no")
 
-    reader_kwargs = None
+    reader_kwargs, where = None, None
     if "all" in flags:
         names = list(DATASETS)
     elif generic:
         names = [options["data"]]
         reader_kwargs = {arg: (float(options[opt]) if arg in _FRACTIONS else int(options[opt]) if arg == "split_seed"
                                else options[opt]) for opt, arg in generic.items() if opt in options}
+        where = " ".join(f"{opt}={options[opt]}" for opt in generic if opt in options)
     elif "data" in options:
         if options["data"] not in DATASETS:
             print(f"unknown dataset {options['data']!r}; known: {', '.join([*DATASETS, *GENERIC])}", file=out)
@@ -209,7 +210,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
         print(f"give data=<name> or --all\n{USAGE}", file=out)
         return 2
 
-    ok = {n: verify(n, data_root, check_images=check_images, quick="quick" in flags, out=out, reader_kwargs=reader_kwargs)
+    ok = {n: verify(n, data_root, check_images=check_images, quick="quick" in flags, out=out, reader_kwargs=reader_kwargs,
+                    where=where)
           for n in names}
     if len(names) > 1:
         print(f"\nsummary for {data_root}:", file=out)

@@ -194,11 +194,12 @@ def _folder_classes(root: Path, class_dirs: list[str], classnames: str | None) -
     return [k for k, _ in entries], [n for _, n in entries]
 
 
-def read_folder(data_root: Path | str | None = None, *, root: str | None = None, classnames: str | None = None,
+def read_folder(data_root: Path | str | None = None, *, folder: str | None = None, classnames: str | None = None,
                 val_fraction: float = 0.0, test_fraction: float = 0.2, split_seed: int = 0) -> DatasetSplits:
-    """A folder tree, one sub-folder per class (see the module docstring). `root` is `data.root`; the data
+    """A folder tree, one sub-folder per class (see the module docstring). `folder` is `data.root`; the data
     root of the papers' datasets (`data_root`) is not used."""
     del data_root
+    root = folder
     if not root:
         raise ValueError("data=folder needs data.root=PATH: a folder with one sub-folder of images per class "
                          "(or train/ and test/ folders, each with one sub-folder per class)")
@@ -233,7 +234,7 @@ def read_folder(data_root: Path | str | None = None, *, root: str | None = None,
                           keys=[p.relative_to(base).as_posix() for p in paths])
 
     train = part(top, True)
-    val = part(base / "val", True) if split_mode and (base / "val").is_dir() else None
+    val = part(base / "val", False) if split_mode and (base / "val").is_dir() else None
     test = part(base / "test", True) if split_mode and (base / "test").is_dir() else None
     empty = [f"{p}: empty file" for s in (train, val, test) if s is not None for p in s.items if os.path.getsize(p) == 0]
     problems += empty
@@ -246,13 +247,13 @@ def read_folder(data_root: Path | str | None = None, *, root: str | None = None,
     return DatasetSplits(name="folder", train=train, val=val, test=test, templates=templates_for("folder"))
 
 
-def folder_digest(data_root: Path | str | None = None, *, root: str | None = None, classnames: str | None = None,
+def folder_digest(data_root: Path | str | None = None, *, folder: str | None = None, classnames: str | None = None,
                   **_: object) -> str | None:
     """The data seam's digest of a folder dataset: its file list (relative paths, sizes, modification times)
     and class names file, not the pixels (hashing every image would cost a full read)."""
-    if not root or not Path(root).is_dir():
+    if not folder or not Path(folder).is_dir():
         return None
-    base = as_data_root(root)
+    base = as_data_root(folder)
     h = hashlib.sha256()
     for p in image_files(base):
         st = p.stat()
