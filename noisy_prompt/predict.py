@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from noisy_prompt.data.readers.generic import IMAGE_SUFFIXES, image_files, is_image_file
-from noisy_prompt.predictor import PredictorError, eval_transform, load_predictor
+from noisy_prompt.predictor import PredictorError, eval_transform, load_predictor, predictor_file
 
 MAX_LISTED = 20
 
@@ -181,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.top_k < 1 or args.batch_size < 1:
         ap.error("--top-k and --batch-size must be >= 1")
     try:
+        predictor_file(args.run_dir)  # a wrong run dir is reported before the inputs are searched
         paths = collect_inputs(args.inputs)
         header, rows, skipped = predict(args.run_dir, paths, top_k=args.top_k, device=args.device,
                                         batch_size=args.batch_size, num_workers=args.num_workers,
