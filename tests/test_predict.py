@@ -209,12 +209,40 @@ def test_prompt_method_predicts_its_own_test_predictions(world, tmp_path):
     _same_predictions(run, out)
 
 
+# The worked example of docs/own-data.md, with its commands' arguments: export 400 images of the built-in world,
+# flip a known 30% of the training labels in a CSV (clean_label keeps the truth), fine-tune with TANGO through
+# data=csv, predict the test folder, and measure how well the run's label-issue report finds the flipped labels.
+DOCS_RUN = ["model=tango", "model.max_epochs=3", "model.k=auto", "model.optim.lr=1e-4"]
+
+
+def detection(label_issues: Path) -> dict[str, float]:
+    """Precision/recall of the run's noisy verdicts (clean_verdict = 0) and precision of its lowest-score
+    ranking cut at the number of wrong labels, against the true labels in label_issues.csv."""
+    rows = list(csv.DictReader(open(label_issues)))
+    wrong = [r["given_label"] != r["true_label"] for r in rows]
+    flagged = [r["clean_verdict"] == "0" for r in rows]
+    hit = sum(f and w for f, w in zip(flagged, wrong))
+    ranked = sorted(range(len(rows)), key=lambda i: float(rows[i]["q_score"]))[:sum(wrong)]
+    return {"wrong": sum(wrong), "flagged": sum(flagged), "precision": hit / max(1, sum(flagged)),
+            "recall": hit / max(1, sum(wrong)), "ranking_precision": sum(wrong[i] for i in ranked) / max(1, sum(wrong))}
+
+
 @pytest.mark.slow
-def test_fine_tuning_method_predicts_its_own_test_predictions(world, tmp_path):
-    run = _run(["model=ft_ce", "data=csv", f"data.train={world / 'train_noisy.csv'}", f"data.test={world / 'test.csv'}",
-                "model.max_epochs=1", "model.batch_size=16"], tmp_path)
-    out = tmp_path / "pred.csv"
-    assert predict_main([str(run), str(world / "test.csv"), "--out", str(out), "--device", "cpu"]) == 0
-    _same_predictions(run, out)
+def test_worked_example_of_the_docs(tmp_path):
+    from noisy_prompt.synthetic.export import main as export_main
+
+    world = tmp_path / "world"
+    assert export_main([str(world)]) == 0  # the docs' defaults: 10 classes, 30 + 10 images each, 30% flipped
+    assert len(list((world / "train").rglob("*.png"))) == 300 and len(list((world / "test").rglob("*.png"))) == 100
+    run = _run([*DOCS_RUN, "data=csv", f"data.train={world / 'train_noisy.csv'}", f"data.test={world / 'test.csv'}"],
+               tmp_path)
     results = json.loads((run / "results.json").read_text())
-    assert results["noise"]["realised_rate"] == pytest.approx(0.25)  # the CSV's flipped labels, measured
+    assert results["noise"]["realised_rate"] == pytest.approx(0.3)  # measured from the CSV's two label columns
+    out = tmp_path / "pred.csv"
+    assert predict_main([str(run), str(world / "test"), "--out", str(out), "--device", "cpu"]) == 0
+    _same_predictions(run, out)  # a fine-tuning method predicts exactly its own test predictions
+    d = detection(run / "label_issues.csv")
+    assert d["wrong"] == 90
+    # Chance is 0.3 for both precisions; the docs report the measured numbers (0.78, 0.98, 0.96 on 1 thread).
+    assert d["precision"] > 0.6 and d["recall"] > 0.85 and d["ranking_precision"] > 0.8, d
+    assert results["metrics"]["purify/precision_last"] > 0.9  # the clean set TANGO keeps is mostly clean
