@@ -39,7 +39,7 @@ class ImageReadError(RuntimeError):
     """An image a split lists is missing, unreadable or truncated; names dataset, split and file."""
 
     def __init__(self, dataset: str, split: str, item: Any, problem: str):
-        self.dataset, self.split, self.item = dataset, split, item
+        self.dataset, self.split, self.item, self.problem = dataset, split, item, problem
         super().__init__(f"dataset '{dataset or '?'}', split '{split or '?'}': {problem}: {item}\n{verify_hint(dataset)}")
 
 

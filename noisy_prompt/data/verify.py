@@ -85,7 +85,7 @@ def broken_images(splits: DatasetSplits, *, quick: bool = False, progress: bool 
             try:
                 split.load(i)
             except ImageReadError as err:
-                problems.append(f"unreadable ({str(err).splitlines()[0].split(': ', 2)[-1]})")
+                problems.append(f"{err.item}: {err.problem}")
     return problems
 
 

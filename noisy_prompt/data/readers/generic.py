@@ -362,9 +362,10 @@ def read_csv_dataset(data_root: Path | str | None = None, *, train: str | None =
     # ---- rows
     seen: dict[str, str] = {}
     splits: dict[str, ImageSplit] = {}
-    clean_known = {}
+    rejected: dict[str, int] = {}
     for role, f in files.items():
         items, labels, clean, origins, keys_ = [], [], [], [], []
+        rejected[role] = 0
         base = f.path.parent
         for line, ptext, ltext, ctext in f.rows:
             at = f"{f.path}:{line}"
@@ -400,6 +401,7 @@ def read_csv_dataset(data_root: Path | str | None = None, *, train: str | None =
                     problems.append(f"{at}: unknown clean_label {ctext!r}" + _known(names))
                     ok = False
             if not ok:
+                rejected[role] += 1
                 continue
             items.append(str(full.absolute()))
             labels.append(y)
@@ -414,11 +416,11 @@ def read_csv_dataset(data_root: Path | str | None = None, *, train: str | None =
             split = ImageSplit(items=items, labels=clean if f.has_clean else labels, classnames=names,
                                loader=open_rgb, keys=keys_, origins=origins)
         splits[role] = split
-        clean_known[role] = f.has_clean
     for role, split in splits.items():
-        present = set(split.labels) | set(split.clean_labels or [])
-        absent = [n for c, n in enumerate(names) if c not in present]
-        if absent and (role == "train" or role == "test"):
+        # A class is empty if no valid row names it; not reported for a file whose rows were rejected above
+        # (the fix of those rows is the message, not a consequence of them).
+        absent = [n for c, n in enumerate(names) if c not in set(split.labels)]
+        if absent and role in ("train", "test") and not rejected[role]:
             problems += [f"{files[role].path}: class {n!r} has no image" for n in absent]
     if problems:
         raise DatasetContentError("csv", where, problems, hint)
