@@ -33,7 +33,10 @@ def register_resolvers() -> None:
 register_resolvers()
 
 # Keys of a group config that describe the run rather than being constructor arguments.
-NON_CTOR_KEYS = {"model": {"name", "batch_size", "val_every"}, "data": {"recipe", "anchor_source"}}
+# The generic readers' options (data=folder / data=csv: root, train, ...) reach their reader through
+# data.reader_kwargs, which interpolates them.
+NON_CTOR_KEYS = {"model": {"name", "batch_size", "val_every"},
+                 "data": {"recipe", "anchor_source", "root", "train", "val", "test", "classnames", "split"}}
 
 
 def ctor_kwargs(cfg: DictConfig, group: str) -> dict:

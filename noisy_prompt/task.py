@@ -207,9 +207,13 @@ def _run_locked(cfg: DictConfig, run_dir: Path, cell: CellId) -> dict[str, Any]:
         dm.setup("fit")
         module = build_module(cfg, dm, bundle)
         del bundle
-        from noisy_prompt.methods.base import REPORT_FILE
+        from noisy_prompt.methods.base import PREDICTOR_FILE, REPORT_FILE
 
         module.report_path = str(run_dir / REPORT_FILE)
+        # Rank 0 saves what `python -m noisy_prompt.predict` needs after testing, with the run's facts.
+        module.predictor_path = str(run_dir / PREDICTOR_FILE)
+        module.predictor_meta = {**digests, "feature_dtype": dm.feature_dtype, "cell": str(cfg.cell),
+                                 "run_dir": str(run_dir)}
         callbacks = _instantiate_group(cfg, "callbacks")
         for cb in callbacks:  # checkpoints live in this cell's dir, whatever run_dir the config resolved to
             if type(cb).__name__ in ("ResumeCheckpoint", "ModelCheckpoint"):

@@ -39,7 +39,7 @@ class ImageReadError(RuntimeError):
     """An image a split lists is missing, unreadable or truncated; names dataset, split and file."""
 
     def __init__(self, dataset: str, split: str, item: Any, problem: str):
-        self.dataset, self.split, self.item = dataset, split, item
+        self.dataset, self.split, self.item, self.problem = dataset, split, item, problem
         super().__init__(f"dataset '{dataset or '?'}', split '{split or '?'}': {problem}: {item}\n{verify_hint(dataset)}")
 
 
@@ -74,6 +74,8 @@ class ImageSplit:
     keys: list[str] = field(default_factory=list)
     dataset: str = ""  # names for error messages (set by the datamodule / verify via `name_splits`)
     split: str = ""
+    # Where item i was listed (e.g. "train.csv:12" for a user's CSV), for error messages; None = the item itself.
+    origins: list[str] | None = None
 
     def __post_init__(self):
         if len(self.items) != len(self.labels):
@@ -82,6 +84,13 @@ class ImageSplit:
             self.keys = [str(it) for it in self.items]
         if self.clean_labels is not None and len(self.clean_labels) != len(self.labels):
             raise ValueError("ImageSplit: clean_labels and labels differ in length")
+        if self.origins is not None and len(self.origins) != len(self.items):
+            raise ValueError("ImageSplit: origins and items differ in length")
+
+    def describe_item(self, i: int) -> str:
+        """Item i for a message: the item, plus where it was listed when the reader knows (file:line)."""
+        item = self.items[i]
+        return f"{item} (listed at {self.origins[i]})" if self.origins is not None else str(item)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -91,10 +100,10 @@ class ImageSplit:
         try:
             return self.loader(item)
         except FileNotFoundError:
-            raise ImageReadError(self.dataset, self.split, item, "image file is missing") from None
+            raise ImageReadError(self.dataset, self.split, self.describe_item(i), "image file is missing") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
             # PIL raises OSError("image file is truncated ...") for a cut JPEG, UnidentifiedImageError for junk.
-            raise ImageReadError(self.dataset, self.split, item,
+            raise ImageReadError(self.dataset, self.split, self.describe_item(i),
                                  f"image is unreadable or truncated ({type(err).__name__}: {err})") from None
 
     def identity(self, i: int) -> str:
@@ -135,6 +144,7 @@ class ImageSplit:
             keys=[self.keys[i] for i in idx],
             dataset=self.dataset,
             split=self.split,
+            origins=None if self.origins is None else [self.origins[i] for i in idx],
         )
 
 
@@ -154,6 +164,12 @@ class DatasetSplits:
     @property
     def classnames(self) -> list[str]:
         return self.train.classnames
+
+    @property
+    def clean_labels_known(self) -> bool:
+        """Whether the training labels come with their true labels (CIFAR-100N, a CSV with a clean_label
+        column): a run can then measure how well a method detects the wrong ones."""
+        return self.train.clean_labels is not None
 
     def named(self, dataset: str) -> "DatasetSplits":
         """Give every split its dataset and split name, for error messages. Returns self."""

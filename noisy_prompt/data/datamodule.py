@@ -167,6 +167,7 @@ class CLIPDataModule(L.LightningDataModule):
         self.clip_bundle = clip_bundle
         self.splits: DatasetSplits | None = None
         self.noise_result = None
+        self.feature_dtype = "float32"  # the precision of the served frozen features (FeatureCache.stored_dtype)
         self._ready = False
 
     # ---- label side: pure functions of (config, seed) -------------------------------------------
@@ -256,6 +257,16 @@ class CLIPDataModule(L.LightningDataModule):
         return getattr(self.splits, "class_descriptions", None)
 
     @property
+    def clean_labels_known(self) -> bool:
+        """Whether the training set's `clean_label` is ground truth, so that a method's clean/noisy verdicts can be
+        scored: the dataset publishes true labels (CIFAR-100N, a CSV with a clean_label column), or a synthetic
+        protocol corrupted labels taken as clean. Labels with real noise and no annotation (noise=real on
+        Animal-10N or a folder of images) are served as their own clean labels: False."""
+        if self.splits is not None and self.splits.clean_labels_known:
+            return True
+        return self.noise is None or getattr(self.noise, "protocol", "real") != "real"
+
+    @property
     def test_set_names(self) -> list[str]:
         return list(self.test_splits)
 
@@ -282,6 +293,7 @@ class CLIPDataModule(L.LightningDataModule):
         was_training = visual.training
         visual.eval()
         cache = FeatureCache(self.cache_dir, bundle.identity)
+        self.feature_dtype = cache.stored_dtype
 
         def encode(x):
             return visual(x)

@@ -54,6 +54,12 @@ class FeatureCache:
         self.dir = Path(cache_dir) / "features" if cache_dir else None
         self.backbone_identity = backbone_identity
 
+    @property
+    def stored_dtype(self) -> str:
+        """The precision features come back in: float16-rounded when cached on disk (they are stored as
+        half), full float32 without a cache dir. A predictor replays it to give the run's own numbers."""
+        return "float16" if self.dir is not None else "float32"
+
     def _path(self, *key_parts: object) -> Path | None:
         if self.dir is None:
             return None

@@ -1,5 +1,6 @@
-"""`python -m noisy_prompt.data verify data=<name> [paths.data_dir=<root>] [--quick] [check_images=false]`
-and `python -m noisy_prompt.data verify --all [paths.data_dir=<root>] [--quick]`.
+"""`python -m noisy_prompt.data verify data=<name> [paths.data_dir=<root>] [--quick] [check_images=false]`,
+`python -m noisy_prompt.data verify --all [paths.data_dir=<root>] [--quick]`, and for a user's own images
+`python -m noisy_prompt.data verify data=folder data.root=PATH` or `... data=csv data.train=FILE [data.test=FILE]`.
 
 Runs a dataset's reader on the data root and prints, per split, its number of images and classes
 (exit 0), or every problem found (exit 1): missing paths with the expected layout and where the data
@@ -37,9 +38,19 @@ LAYOUTS: dict[str, tuple[str, str]] = {
 
 # the datasets `verify` knows: the project's reader table, minus those that need no download
 DATASETS: list[str] = [n for n in REGISTRY if n in LAYOUTS]
+# a user's own images (generic.py): command-line option -> reader argument; not part of --all
+GENERIC: dict[str, dict[str, str]] = {
+    "folder": {"data.root": "folder", "data.classnames": "classnames", "data.split.test": "test_fraction",
+               "data.split.val": "val_fraction", "data.split.seed": "split_seed"},
+    "csv": {"data.train": "train", "data.val": "val", "data.test": "test", "data.classnames": "classnames",
+            "data.split.test": "test_fraction", "data.split.val": "val_fraction", "data.split.seed": "split_seed"},
+}
+_FRACTIONS = {"test_fraction", "val_fraction"}
 
 USAGE = """usage: python -m noisy_prompt.data verify data=<name> [paths.data_dir=<root>] [--quick] [check_images=true|false]
        python -m noisy_prompt.data verify --all [paths.data_dir=<root>] [--quick] [check_images=true|false]
+       python -m noisy_prompt.data verify data=folder data.root=PATH [data.classnames=FILE] [--quick]
+       python -m noisy_prompt.data verify data=csv data.train=FILE [data.test=FILE] [data.val=FILE] [--quick]
   (default: open every listed image; --quick: only check each file exists and is not empty)
 datasets: """ + ", ".join(DATASETS)
 
@@ -74,7 +85,7 @@ def broken_images(splits: DatasetSplits, *, quick: bool = False, progress: bool 
             try:
                 split.load(i)
             except ImageReadError as err:
-                problems.append(f"unreadable ({str(err).splitlines()[0].split(': ', 2)[-1]})")
+                problems.append(f"{err.item}: {err.problem}")
     return problems
 
 
@@ -102,11 +113,13 @@ def missing_images(splits: DatasetSplits) -> list[str]:
 
 
 def verify(name: str, data_root: Path, *, check_images: bool = True, quick: bool = False,
-           out: TextIO = sys.stdout) -> bool:
+           out: TextIO = sys.stdout, reader_kwargs: dict | None = None, where: str | None = None) -> bool:
     """Check one dataset and report to `out`; True if it is complete."""
+    from noisy_prompt.data.readers.generic import DatasetContentError
+
     try:
-        splits = get_reader(name)(data_root).named(name)
-    except DatasetLayoutError as e:
+        splits = get_reader(name)(data_root, **(reader_kwargs or {})).named(name)
+    except (DatasetLayoutError, DatasetContentError) as e:
         print(f"[FAIL] {name}: {e}", file=out)
         return False
     except Exception as e:  # a malformed index file, an unreadable pickle: report it, check the rest
@@ -119,7 +132,7 @@ def verify(name: str, data_root: Path, *, check_images: bool = True, quick: bool
     if check_images:
         missing = missing_images(splits)
         if missing:
-            layout, source = LAYOUTS[name]
+            layout, source = LAYOUTS.get(name, ("(see the reader's documentation)", "your own images"))
             error = DatasetLayoutError(name, data_root, missing[:MAX_LISTED], layout, source)
             more = f" ({len(missing)} image files missing, first {MAX_LISTED} listed)" if len(missing) > MAX_LISTED else ""
             print(f"[FAIL] {name}{more}: {error}", file=out)
@@ -131,7 +144,8 @@ def verify(name: str, data_root: Path, *, check_images: bool = True, quick: bool
             for line in broken[:MAX_LISTED]:
                 print(f"  - {line}", file=out)
             return False
-    print(f"[ok] {name} under {data_root}: {len(splits.classnames)} classes", file=out)
+    where = where or f"under {data_root}"
+    print(f"[ok] {name} {where}: {len(splits.classnames)} classes", file=out)
     for part, split in named_splits(splits, keep_none=True):
         if split is None:
             print(f"  {part}: none (a few-shot val is drawn from train)", file=out)
@@ -166,7 +180,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     except ValueError as e:
         print(f"{e}\n{USAGE}", file=out)
         return 2
-    unknown = (set(options) - {"data", "paths.data_dir", "data_dir", "check_images"}) | (flags - {"all", "help", "quick"})
+    generic = GENERIC.get(options.get("data", ""), {})
+    unknown = (set(options) - {"data", "paths.data_dir", "data_dir", "check_images", *generic}) | (flags - {"all", "help", "quick"})
     if command != "verify" or unknown:
         what = f"unknown command {command!r}" if command != "verify" else f"unknown option(s) {sorted(unknown)}"
         print(f"{what}\n{USAGE}", file=out)
@@ -178,18 +193,26 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     data_root = Path(root_value).expanduser() if root_value else default_data_root()
     check_images = options.get("check_images", "true").lower() not in ("false", "0", "no")
 
+    reader_kwargs, where = None, None
     if "all" in flags:
         names = list(DATASETS)
+    elif generic:
+        names = [options["data"]]
+        reader_kwargs = {arg: (float(options[opt]) if arg in _FRACTIONS else int(options[opt]) if arg == "split_seed"
+                               else options[opt]) for opt, arg in generic.items() if opt in options}
+        where = " ".join(f"{opt}={options[opt]}" for opt in generic if opt in options)
     elif "data" in options:
         if options["data"] not in DATASETS:
-            print(f"unknown dataset {options['data']!r}; known: {', '.join(DATASETS)}", file=out)
+            print(f"unknown dataset {options['data']!r}; known: {', '.join([*DATASETS, *GENERIC])}", file=out)
             return 2
         names = [options["data"]]
     else:
         print(f"give data=<name> or --all\n{USAGE}", file=out)
         return 2
 
-    ok = {n: verify(n, data_root, check_images=check_images, quick="quick" in flags, out=out) for n in names}
+    ok = {n: verify(n, data_root, check_images=check_images, quick="quick" in flags, out=out, reader_kwargs=reader_kwargs,
+                    where=where)
+          for n in names}
     if len(names) > 1:
         print(f"\nsummary for {data_root}:", file=out)
         for n, good in ok.items():

@@ -37,6 +37,28 @@ def classification_report(topk: torch.Tensor, label: torch.Tensor, num_classes: 
 
 
 REPORT_FILE = "module_report.json"
+PREDICTOR_FILE = "predictor.pt"  # what `python -m noisy_prompt.predict` needs, saved by rank 0 after testing
+PREDICTOR_FORMAT = "noisy_prompt.predictor/1"
+
+
+def plain(value: Any, where: str = "hparams") -> Any:
+    """`value` as plain dicts, lists, strings, numbers, bools and None (what torch.load(weights_only=True) reads
+    back); anything else is an error naming where it sits."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): plain(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    try:  # an OmegaConf container from a composed config
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(value, (DictConfig, ListConfig)):
+            return plain(OmegaConf.to_container(value, resolve=True), where)
+    except ImportError:
+        pass
+    raise TypeError(f"{where} = {value!r} ({type(value).__name__}) cannot be stored in the predictor file; "
+                    "constructor arguments must be plain values")
 
 
 class ClassifierModule(L.LightningModule):
@@ -49,7 +71,8 @@ class ClassifierModule(L.LightningModule):
     reloaded from the backbone config; `strict_loading=False` lets those frozen keys be absent.
     """
 
-    REPORT_ATTRS = ("test_report", "val_history", "history")
+    # test_predictions: per test set, the top-k classes and probabilities of every item (predictions_<set>.csv).
+    REPORT_ATTRS = ("test_report", "val_history", "history", "test_predictions")
     # Whether the task calls `trainer.fit` before testing; zero-shot / eval-only modules set False.
     trains: bool = True
 
@@ -76,11 +99,19 @@ class ClassifierModule(L.LightningModule):
         self.clip = freeze(bundle.model)
         self.tokenizer = bundle.tokenizer
         self.clip_identity = bundle.identity
+        # The evaluation preprocessing of this backbone (data/transforms.test_transform), for the predictor file.
+        self.preprocess = {"image_size": int(bundle.image_size), "mean": [float(v) for v in bundle.mean],
+                           "std": [float(v) for v in bundle.std]}
         self.val_acc = MulticlassAccuracy(self.num_classes, average="micro")
         self.test_report: dict[str, dict[str, Any]] = {}
         self.val_history: list[float] = []
         self.history: dict[str, list[float]] = {}
         self.report_path: str | None = None  # set by the task wrapper: where rank 0 leaves REPORT_ATTRS  # per-epoch means of train/* metrics, for the curves figure
+        self.test_predictions: dict[str, dict[str, list]] = {}
+        # Set by the task wrapper: where rank 0 saves the predictor after testing, and the run's facts it
+        # records (weights digest, feature precision, ...). None: no predictor file (tests, library use).
+        self.predictor_path: str | None = None
+        self.predictor_meta: dict[str, Any] = {}
 
     def train(self, mode: bool = True):
         # Frozen parts stay in eval mode (RN50's BatchNorm statistics must not drift); a part with
@@ -127,18 +158,19 @@ class ClassifierModule(L.LightningModule):
         name = self.test_set_names[dataloader_idx]
         logits = self.logits(batch["x"]).float()
         k = min(5, self.num_classes)
+        prob, top = torch.softmax(logits, dim=-1).topk(k, dim=-1)
         self._test_buffer.setdefault(name, []).append(
-            (batch["index"].cpu(), logits.topk(k, dim=-1).indices.cpu(), batch["label"].cpu()))
+            (batch["index"].cpu(), top.cpu(), batch["label"].cpu(), prob.cpu()))
 
     def on_test_epoch_start(self) -> None:
         self._test_buffer: dict[str, list] = {}
 
-    def _gather_exact(self, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(top-k predictions, labels) of every test item exactly once: gathered from all ranks and
-        de-duplicated by dataset index, so DistributedSampler padding can never count an item twice and
-        the number in a table equals the single-process number."""
+    def _gather_exact(self, name: str) -> tuple[torch.Tensor, ...] | None:
+        """(top-k predictions, labels, top-k probabilities, dataset indices) of every test item exactly once,
+        in index order: gathered from all ranks and de-duplicated by dataset index, so DistributedSampler
+        padding can never count an item twice and the number in a table equals the single-process number."""
         parts = self._test_buffer.get(name, [])
-        local = [torch.cat([p[i] for p in parts]) for i in range(3)] if parts else None
+        local = [torch.cat([p[i] for p in parts]) for i in range(4)] if parts else None
         if torch.distributed.is_available() and torch.distributed.is_initialized() and self.trainer.world_size > 1:
             gathered = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(gathered, local)
@@ -147,22 +179,27 @@ class ClassifierModule(L.LightningModule):
             gathered = [local] if local is not None else []
         if not gathered:
             return None
-        index, topk, label = (torch.cat([g[i] for g in gathered]) for i in range(3))
-        _, first = _first_occurrence(index)
-        return topk[first], label[first]
+        index, topk, label, prob = (torch.cat([g[i] for g in gathered]) for i in range(4))
+        unique, first = _first_occurrence(index)
+        return topk[first], label[first], prob[first], unique
 
     def on_test_epoch_end(self) -> None:
         for name in self.test_set_names:
             exact = self._gather_exact(name)
             if exact is None:
                 continue
-            self.test_report[name] = classification_report(*exact, self.num_classes)
+            topk, label, prob, index = exact
+            self.test_report[name] = classification_report(topk, label, self.num_classes)
+            self.test_predictions[name] = {"index": index.tolist(), "label": label.tolist(), "topk": topk.tolist(),
+                                           "prob": [[round(float(p), 6) for p in row] for row in prob.tolist()]}
             self.log(f"{name}/acc", self.test_report[name]["acc"], sync_dist=False, rank_zero_only=True)
         if self.trainer.is_global_zero and self.report_path is not None:
             self.save_report(Path(self.report_path))
             # Inside the rank-0 worker, where method state (e.g. TANGO's purification) lives, also when
             # the ranks were spawned processes whose module objects never return to the task.
             self.write_artifacts(Path(self.report_path).parent)
+        if self.trainer.is_global_zero and self.predictor_path is not None:
+            self.save_predictor(Path(self.predictor_path))
 
     # ---- hooks the task calls (declared here, so the task never probes with getattr) ----------------
     def extra_metrics(self) -> dict[str, float]:
@@ -175,6 +212,65 @@ class ClassifierModule(L.LightningModule):
 
     def write_artifacts(self, run_dir: Path) -> None:
         """Extra files in the run dir, written by rank 0 inside the worker after testing."""
+
+    # ---- prediction after the run (noisy_prompt.predict) -------------------------------------------
+    @torch.no_grad()
+    def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits of preprocessed images, whatever the method trained on: a method on cached features
+        (input=features) gets its frozen encoder's features, rounded as the run's feature cache stored them."""
+        if self.input != "features":
+            return self.logits(images).float()
+        feats = self.clip.visual(images).float()
+        dtype = self.predictor_meta.get("feature_dtype", "float32")
+        if dtype != "float32":
+            feats = feats.to(getattr(torch, dtype)).float()
+        return self.logits(feats).float()
+
+    def predictor_state_names(self) -> set[str]:
+        """The tensors prediction needs beyond what the constructor rebuilds from the hyperparameters and the
+        backbone: the trained state, plus the classifier's own buffers (text anchors encoded at construction
+        from sentence files, so that predicting never needs those files again)."""
+        return set(self.trainable_state_names()) | {n for n, _ in self.named_buffers(recurse=False)}
+
+    def predictor_init(self) -> tuple[str, dict[str, Any]]:
+        """(class path, constructor keyword arguments) that rebuild this classifier for prediction; the
+        stored predictor state is loaded into it afterwards. A method whose constructor reads files or
+        sources that prediction should not need (TANGO's description file) overrides this."""
+        kwargs = plain(dict(self.hparams))
+        kwargs["class_descriptions"] = plain(self.class_descriptions, "class_descriptions")
+        return f"{type(self).__module__}.{type(self).__qualname__}", kwargs
+
+    def predictor_payload(self) -> dict[str, Any]:
+        """Everything `python -m noisy_prompt.predict` needs, as plain values and tensors (weights_only=True)."""
+        target, kwargs = self.predictor_init()
+        extra: dict[str, Any] = {"state_dict": {}}
+        self.on_save_checkpoint(extra)  # the method's extra state (e.g. DeFT's phase), as a resumed run gets it
+        extra.pop("state_dict", None)
+        tensors = {**self.state_dict(), **dict(self.named_buffers(recurse=False))}
+        state = {n: tensors[n].detach().cpu().clone() for n in sorted(self.predictor_state_names())}
+        return {"format": PREDICTOR_FORMAT, "target": target, "init": kwargs, "state": state, "extra": extra,
+                "classnames": list(self.classnames), "input": self.input, "preprocess": dict(self.preprocess),
+                "clip_identity": self.clip_identity, "meta": plain(self.predictor_meta, "predictor_meta")}
+
+    def save_predictor(self, path: Path) -> Path:
+        from noisy_prompt.predictor import save_payload
+
+        return save_payload(self.predictor_payload(), Path(path))
+
+    def load_predictor_state(self, payload: dict[str, Any]) -> None:
+        """Put a predictor file's state into this freshly built classifier (the inverse of predictor_payload)."""
+        self.on_load_checkpoint({**payload.get("extra", {}), "state_dict": {}})
+        for name, tensor in payload["state"].items():
+            owner_name, _, attr = name.rpartition(".")
+            owner = self.get_submodule(owner_name) if owner_name else self
+            if attr in owner._parameters:
+                owner._parameters[attr] = nn.Parameter(tensor.clone(), requires_grad=False)
+            elif attr in owner._buffers:
+                owner._buffers[attr] = tensor.clone()
+            else:
+                raise KeyError(f"predictor state {name!r} is neither a parameter nor a buffer of "
+                               f"{type(self).__name__}")
+        self.predictor_meta = dict(payload.get("meta") or {})
 
     def save_report(self, path: Path) -> None:
         from noisy_prompt.cell import write_json

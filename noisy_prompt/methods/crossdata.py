@@ -105,3 +105,13 @@ class CrossDataEval(CoOp):
             self.ctx.copy_(ctx)
         self.ctx.requires_grad_(False)
         self.source_checkpoint = str(path)
+
+    def predictor_init(self) -> tuple[str, dict[str, Any]]:
+        # A CoOp learner with the transferred context: predicting never needs the source cell again.
+        _, kwargs = super().predictor_init()
+        kwargs.pop("source", None)
+        kwargs.update(n_ctx=int(self.ctx.shape[0]), ctx_init=None)
+        return f"{CoOp.__module__}.{CoOp.__qualname__}", kwargs
+
+    def predictor_state_names(self) -> set[str]:
+        return super().predictor_state_names() | {"ctx"}  # frozen here, so not among the trainable state

@@ -20,6 +20,30 @@ def _test_embedding(module, dm, max_points: int = 2000) -> tuple[np.ndarray, np.
     return torch.nn.functional.normalize(feats.float(), dim=-1).numpy(), ds.labels[:max_points].numpy()
 
 
+def write_test_predictions(module, dm, run_dir: Path) -> list[Path]:
+    """predictions_<set>.csv per test set: each item's path (or key), its label, and the run's top-k classes with
+    softmax probabilities, in the columns `python -m noisy_prompt.predict` writes (after index, path, label)."""
+    written = []
+    names = dm.classnames
+    for set_name, pred in (getattr(module, "test_predictions", None) or {}).items():
+        split = dm.test_splits.get(set_name)
+        if split is None or not pred.get("index"):
+            continue
+        k = len(pred["topk"][0])
+        path = Path(run_dir) / f"predictions_{set_name}.csv"
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["index", "path", "label"] + [f"rank{r}_{c}" for r in range(1, k + 1) for c in ("label", "prob")])
+            for i, y, top, prob in zip(pred["index"], pred["label"], pred["topk"], pred["prob"]):
+                item = split.items[i]
+                row = [i, str(item) if isinstance(item, (str, Path)) else split.keys[i], names[y]]
+                for c, p in zip(top, prob):
+                    row += [names[c], f"{p:.6f}"]
+                w.writerow(row)
+        written.append(path)
+    return written
+
+
 def save_run_artifacts(cfg, module, dm, run_dir: Path, loggers: list, noise: dict | None = None) -> dict[str, Path]:
     from noisy_prompt.cell import write_json
     from noisy_prompt.reporting import figures
@@ -33,6 +57,7 @@ def save_run_artifacts(cfg, module, dm, run_dir: Path, loggers: list, noise: dic
             w.writerow(["class_index", "class_name", "accuracy"])
             for i, (n, a) in enumerate(zip(names, report["per_class"])):
                 w.writerow([i, n, f"{a:.4f}"])
+    write_test_predictions(module, dm, run_dir)
     noise = dm.noise_summary() if noise is None else noise
     write_json(run_dir / "noise.json", noise)  # the full summary, with the C x C transition matrix
     if not cfg.get("figures", True):

@@ -28,6 +28,9 @@ READERS: dict[str, str] = {
     "webvision": "noisy_prompt.data.readers.fulldata:read_webvision",
     "food101n": "noisy_prompt.data.readers.fulldata:read_food101n",
     "clothing1m": "noisy_prompt.data.readers.fulldata:read_clothing1m",
+    # a user's own images: a folder tree or CSV files (generic.py)
+    "folder": "noisy_prompt.data.readers.generic:read_folder",
+    "csv": "noisy_prompt.data.readers.generic:read_csv_dataset",
 }
 
 # Datasets that can name their content cheaply publish a digest of it (module:function taking the
@@ -35,6 +38,8 @@ READERS: dict[str, str] = {
 # world hashes its code; a real dataset on disk has none here (hashing its files would cost a full read).
 DIGESTS: dict[str, str] = {
     "synthetic": "noisy_prompt.synthetic.dataset:content_digest",
+    "folder": "noisy_prompt.data.readers.generic:folder_digest",  # the file list, not the pixels
+    "csv": "noisy_prompt.data.readers.generic:csv_digest",  # the CSV files' bytes (the labels)
 }
 
 

@@ -399,6 +399,14 @@ class Tango(EpochCurveModule):
             names.add("anchors")
         return names
 
+    def predictor_init(self) -> tuple[str, dict[str, Any]]:
+        # The predictor file stores the anchors (the module's own buffers, or the trainable anchors), so the
+        # classifier is rebuilt with one template sentence per class: no description file, no re-encoding.
+        target, kwargs = super().predictor_init()
+        kwargs["anchors"] = {**(kwargs.get("anchors") or {}), "source": "templates", "path": None, "k": 1}
+        kwargs["class_descriptions"] = None
+        return target, kwargs
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["tango"] = {"purification_history": list(self.purification_history),
