@@ -67,8 +67,8 @@ def read_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, str]]]:
         rows = read_label_issues_csv(run_dir / LABEL_ISSUES_FILE)
     except LabelIssuesFileError as err:
         model = (payload.get("cell") or {}).get("model", "?")
-        raise ReportError(f"{err}\n(model {model}: a method that trains on labels writes it at the end of training; "
-                          "zero-shot and cross-dataset evaluation train nothing, so they have none)") from None
+        raise ReportError(f"{err}; model {model} wrote none (zero-shot and cross-dataset evaluation train "
+                          "nothing, so they have no report)") from None
     return payload, rows
 
 
