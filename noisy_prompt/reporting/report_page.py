@@ -207,7 +207,7 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bott
 .sub{color:#5b6474;font-size:13px}.grid{display:flex;flex-wrap:wrap;gap:10px}.lead{font-size:15px;margin:12px 0}
 table.m{border-collapse:collapse;font-size:13px}table.m td,table.m th{padding:3px 10px;border-bottom:1px solid #e6e9ee;text-align:left}
 table.m td.v{text-align:right;font-variant-numeric:tabular-nums}.cols{display:flex;flex-wrap:wrap;gap:24px;align-items:flex-start}
-.mat img{max-width:520px;width:100%;border:1px solid #dde1e7;background:#fff}
+.mat img{max-width:430px;width:100%;border:1px solid #dde1e7;background:#fff}
 .card{width:150px;background:#fff;border:1px solid #dde1e7;border-radius:6px;padding:6px;font-size:12px}
 .card img{width:136px;height:136px;object-fit:contain;image-rendering:pixelated;background:#eef0f3;display:block;margin:0 auto 4px}
 .card .lab{font-weight:600;word-break:break-word}.card .arrow{color:#9aa3b2}.card .meta{color:#5b6474}
@@ -217,10 +217,14 @@ display:flex;align-items:center;justify-content:center;background:#eef0f3;color:
 select{font-size:14px;padding:2px 6px}.note{color:#8a5a00;font-size:13px}
 """
 
+# The class filter; report.html#class=NAME opens the page filtered (a link to one class's suspects).
 JS = """
 function filt(){var c=document.getElementById('cls').value,n=0;
 document.querySelectorAll('#gallery .card').forEach(function(e){var s=(c==='*'||e.dataset.given===c);
 e.style.display=s?'':'none';if(s)n++;});document.getElementById('shown').textContent=n;}
+document.addEventListener('DOMContentLoaded',function(){var h=decodeURIComponent(location.hash);
+if(h.indexOf('#class=')===0){var sel=document.getElementById('cls');sel.value=h.slice(7);
+if(sel.value!==h.slice(7))sel.value='*';filt();}});
 """
 
 
