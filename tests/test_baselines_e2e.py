@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from noisy_prompt.methods.tango.module import LABEL_ISSUE_COLUMNS
+from noisy_prompt.methods.selection import LABEL_ISSUE_COLUMNS
 from fake_trees import cifar_train_labels, write_cifar100, write_cifar100n
 
 MODELS = ("ssr", "lsl", "dividemix", "deft")
@@ -65,7 +65,7 @@ def _check(run_dir: Path, model: str, classnames: list[str] | None = None) -> tu
         rows = list(reader)
     n = res["noise"]["num_train"]
     assert [int(r["index"]) for r in rows] == list(range(n))
-    verdict = [r["clean_verdict"] == "1" for r in rows]
+    verdict = [r["verdict"] == "clean" for r in rows]
     truly = [r["given_label"] == r["true_label"] for r in rows]
     assert all(r["true_label"] != "" for r in rows)
     # The file is the last verdicts: they reproduce the last logged clean-set size and detector stats.
@@ -135,5 +135,5 @@ def test_deft_fake_cifar100n_uses_the_real_noise_rules(tiny_backbone, tmp_path):
     res, rows = _check(run_dir, "deft")
     assert res["noise"]["protocol"] == "real"
     # Every clean verdict passed the p_yes threshold at its label (the argmax rule itself is checked by hand in
-    # test_baselines_core; suggested_label is the positive classifier's prediction, not argmax p_yes).
-    assert rows and all(float(r["q_score"]) > 0.5 for r in rows if r["clean_verdict"] == "1")
+    # test_baselines_core; method_label is the positive classifier's prediction, not argmax p_yes).
+    assert rows and all(float(r["method_score"]) > 0.5 for r in rows if r["verdict"] == "clean")

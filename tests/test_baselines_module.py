@@ -24,7 +24,7 @@ from noisy_prompt.methods.baselines.core import class_balanced_weights
 from noisy_prompt.methods.baselines.deft import DeFT, deep_prompt_forward
 from noisy_prompt.methods.baselines.dividemix import DivideMix
 from noisy_prompt.methods.baselines.ssr import LSL, SSR
-from noisy_prompt.methods.tango.module import LABEL_ISSUE_COLUMNS
+from noisy_prompt.methods.selection import LABEL_ISSUE_COLUMNS
 from noisy_prompt.noise import NoiseSpec
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -247,7 +247,7 @@ def test_verdict_history_metrics_and_results(fitted):
 @pytest.mark.slow
 def test_label_issues_csv(fitted, dm, tmp_path):
     m = fitted["module"]
-    m.write_artifacts(tmp_path)
+    m.write_label_issues(tmp_path / "label_issues.csv")
     with (tmp_path / "label_issues.csv").open() as fh:
         reader = csv.DictReader(fh)
         assert tuple(reader.fieldnames) == LABEL_ISSUE_COLUMNS
@@ -255,7 +255,9 @@ def test_label_issues_csv(fitted, dm, tmp_path):
     assert [int(r["index"]) for r in rows] == list(range(len(dm.train_labels)))
     assert [int(r["given_label"]) for r in rows] == [int(v) for v in dm.train_labels]
     assert [int(r["true_label"]) for r in rows] == [int(v) for v in dm.train_clean]
-    verdict = [r["clean_verdict"] == "1" for r in rows]
+    verdict = [r["verdict"] == "clean" for r in rows]
+    assert {r["verdict"] for r in rows} <= {"clean", "noisy"}
+    assert [int(r["method_label"]) for r in rows] == m.verdicts.suggested.tolist()
     assert verdict == m.verdicts.clean_mask.tolist()
     truly = [int(g) == int(t) for g, t in zip(dm.train_labels, dm.train_clean)]
     hits = sum(v and t for v, t in zip(verdict, truly))

@@ -60,8 +60,9 @@ def root(tmp_path):
 
 def test_last_epoch_mean_over_seeds_per_method_and_cell(root):
     table = label_issue_table(load_runs(root))
+    # Rows from the records (no method list): tables.MODEL_ORDER first (tango), then the others by name.
     assert [(g.method, g.cell.noise) for g in table.groups] == [
-        ("tango", "sym40"), ("ssr", "sym40"), ("deft", "sym40"), ("tango", "sym60")]
+        ("tango", "sym40"), ("deft", "sym40"), ("ssr", "sym40"), ("tango", "sym60")]
     t = table.group("tango", noise="sym40")
     assert t.seeds == [1, 2] and t.epochs == [1, 1]
     mean, std, n = t.stat("precision")
@@ -86,9 +87,9 @@ def test_markdown_and_csv(root):
             "| 70.00 ± 14.14 | 80.00 ± 14.14 |") in md
     assert "| synthetic_full | sym40 | synthetic | — | deft | 1 | 60.00 | 80.00 | 70.00 | 99.00 | — |" in md
     rows = list(csv.DictReader(io.StringIO(table.to_csv())))
-    assert [r["method"] for r in rows] == ["tango", "ssr", "deft", "tango"]
+    assert [r["method"] for r in rows] == ["tango", "deft", "ssr", "tango"]
     assert rows[0]["seeds"] == "1 2" and float(rows[0]["precision"]) == pytest.approx(0.85)
-    assert rows[2]["suggested_acc"] == "" and rows[2]["suggested_acc_n"] == "0"
+    assert rows[1]["suggested_acc"] == "" and rows[1]["suggested_acc_n"] == "0"
 
 
 def test_cli_flag_and_table_name(root, capsys):
@@ -104,10 +105,12 @@ def test_cli_flag_and_table_name(root, capsys):
 
 
 def test_methods_option_lists_other_models_in_its_order(tmp_path, capsys):
-    """TANGO's readings (tango_literal, ...) are not in the default rows; --methods lists them."""
+    """The default rows are every model whose records carry verdicts (TANGO's readings too, by name after the
+    models of tables.MODEL_ORDER); --methods picks models and their order."""
     write_run(tmp_path, "tango", "sym40", 1, [rec(0, 0.90, 0.80)])
     write_run(tmp_path, "tango_literal", "sym40", 1, [rec(0, 0.60, 0.95)])
-    assert [g.method for g in label_issue_table(load_runs(tmp_path)).groups] == ["tango"]
+    assert [g.method for g in label_issue_table(load_runs(tmp_path)).groups] == ["tango", "tango_literal"]
+    assert [g.method for g in label_issue_table(load_runs(tmp_path), ("tango",)).groups] == ["tango"]
     table = label_issue_table(load_runs(tmp_path), ("tango_literal", "tango"))
     assert [g.method for g in table.groups] == ["tango_literal", "tango"]
     assert table.group("tango_literal", noise="sym40").stat("precision")[0] == pytest.approx(0.60)
@@ -124,7 +127,8 @@ def test_no_verdicts_anywhere_is_a_warning_not_a_crash(tmp_path):
     table = label_issue_table(load_runs(tmp_path))
     assert table.groups == []
     assert any("no per-epoch clean verdicts" in w for w in table.warnings)
-    assert any("no run of tango, ssr" in w for w in table.warnings)
+    assert any("no run with clean verdicts or a label-issue report" in w for w in table.warnings)
+    assert any("no run of tango, ssr with" in w for w in label_issue_table(load_runs(tmp_path), ("tango", "ssr")).warnings)
 
 
 def test_malformed_history_names_the_file(tmp_path):
@@ -143,3 +147,24 @@ def test_every_paper_row_of_tango_tables_1_2_is_run(name):
     assert set(paper) <= set(runs) and all(runs[labels] is not None for labels in paper)
     assert {labels[0] for labels in set(runs) - set(paper)} == set(EXTRA_ROWS)  # ft_ce, the CE floor
     assert all(runs[labels]["model"] == labels[0] for labels in runs)  # the CSV's row names are the presets
+
+
+def test_rows_come_from_records_that_carry_a_report(tmp_path):
+    """A method without verdicts (CoOp) whose run carries a label-issue report gets a row with the ranking
+    columns; a model without a report (zero-shot) gets none. The old hard-coded method list had no CoOp row."""
+    report = {"label_issues/noise_rate": 0.5, "label_issues/precision_at_noisy": 0.9, "label_issues/auroc": 0.95}
+    write_run(tmp_path, "coop", "sym50", 1, None, metrics=report)
+    write_run(tmp_path, "coop", "sym50", 2, None, metrics={**report, "label_issues/precision_at_noisy": 0.7})
+    write_run(tmp_path, "zeroshot", "sym50", 1, None)
+    write_run(tmp_path, "tango", "sym50", 1, [rec(0, 0.9, 0.8, true_clean=0.5)],
+              metrics={**report, "label_issues/verdict_precision": 0.6, "label_issues/verdict_recall": 0.4})
+    table = label_issue_table(load_runs(tmp_path))
+    assert [g.method for g in table.groups] == ["coop", "tango"]  # MODEL_ORDER
+    coop = table.group("coop", noise="sym50")
+    assert coop.seeds == [1, 2] and coop.stat("rank_precision")[0] == pytest.approx(0.8)
+    assert coop.stat("true_clean")[0] == pytest.approx(0.5) and coop.stat("precision") == (None, None, 0)
+    tango = table.group("tango", noise="sym50")
+    assert tango.stat("issue_precision")[0] == pytest.approx(0.6) and tango.stat("precision")[0] == pytest.approx(0.9)
+    md = table.to_markdown()
+    assert "| issue_precision | issue_recall | rank_precision | auroc |" in md
+    assert "| synthetic_full | sym50 | synthetic | — | coop | 2 | 50.00 ± 0.00 | — | — | — | — | — | — | 80.00 ± 14.14 | 95.00 ± 0.00 |" in md

@@ -20,7 +20,8 @@ from omegaconf import OmegaConf
 import noisy_prompt.config  # noqa: F401  (resolvers)
 from noisy_prompt.config import ctor_kwargs
 from noisy_prompt.methods.base import ClassifierModule
-from noisy_prompt.methods.tango.module import LABEL_ISSUE_COLUMNS, Tango
+from noisy_prompt.methods.selection import LABEL_ISSUE_COLUMNS
+from noisy_prompt.methods.tango.module import Tango
 from fake_trees import CIFAR_NAMES, cifar_train_labels, write_cifar100, write_cifar100n
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -119,15 +120,19 @@ def _check_run(run_dir: Path, given: list[int], true: list[int], classnames: lis
     assert all(r["given_class"] == classnames[int(r["given_label"])] for r in rows)
     assert all(r["suggested_class"] == classnames[int(r["suggested_label"])] for r in rows)
     # The csv is the last epoch's purification: its verdicts reproduce that epoch's logged detector stats.
-    verdict = [r["clean_verdict"] == "1" for r in rows]
+    verdict = [r["verdict"] == "clean" for r in rows]
     hits = sum(v and c for v, c in zip(verdict, truly_clean))
     last = hist[-1]
     assert sum(verdict) == last["num_clean"]
     assert last["precision"] == pytest.approx(hits / sum(verdict) if any(verdict) else 0.0)
     assert last["recall"] == pytest.approx(hits / sum(truly_clean))
-    suggested_right = sum(int(r["suggested_label"]) == t for r, t in zip(rows, true))
+    # The method's own suggestion (argmax Y~) is the csv's method_label; suggested_label is the final classifier's.
+    suggested_right = sum(int(r["method_label"]) == t for r, t in zip(rows, true))
     assert last["soft_label_acc"] == pytest.approx(suggested_right / len(rows))
-    assert all(0.0 < float(r["suggested_confidence"]) <= 1.0 for r in rows)
+    assert all(0.0 < float(r["suggested_prob"]) <= 1.0 and 0.0 <= float(r["score"]) <= float(r["suggested_prob"])
+               for r in rows)
+    assert m["label_issues/suggested_acc"] == pytest.approx(
+        sum(int(r["suggested_label"]) == t for r, t in zip(rows, true)) / len(rows))
     return res
 
 

@@ -19,7 +19,8 @@ from fake_trees import save_tiny_clip
 from noisy_prompt.config import ctor_kwargs
 from noisy_prompt.data.datamodule import CLIPDataModule
 from noisy_prompt.methods.tango.anchors import template_sentences
-from noisy_prompt.methods.tango.module import ANCHOR_SOURCE_ALIASES, LABEL_ISSUE_COLUMNS, Tango
+from noisy_prompt.methods.selection import LABEL_ISSUE_COLUMNS
+from noisy_prompt.methods.tango.module import ANCHOR_SOURCE_ALIASES, Tango
 from noisy_prompt.methods.tango.tac import tac_log_probs
 from noisy_prompt.noise import NoiseSpec
 from noisy_prompt.data.readers import read_dataset
@@ -361,16 +362,29 @@ def test_label_issues_csv(fitted, tmp_path):
     assert [int(r["index"]) for r in rows] == list(range(N_TRAIN))
     assert [int(r["given_label"]) for r in rows] == [int(v) for v in dm.train_labels]
     assert [int(r["true_label"]) for r in rows] == [int(v) for v in dm.train_clean]
-    assert [int(r["clean_verdict"]) for r in rows] == m.purified.clean_mask.int().tolist()
+    # The method's columns: the last purification (verdict I_c, q at the given label, argmax Y~).
+    assert [r["verdict"] == "clean" for r in rows] == m.purified.clean_mask.tolist()
+    assert {r["verdict"] for r in rows} <= {"clean", "noisy"}
     soft = m.purified.soft_labels
-    assert [int(r["suggested_label"]) for r in rows] == soft.argmax(1).tolist()
+    assert [int(r["method_label"]) for r in rows] == soft.argmax(1).tolist()
+    # Clean samples were selected because q's argmax is their given label, so q there is at least 1/C.
+    clean_q = [float(r["method_score"]) for r in rows if r["verdict"] == "clean"]
+    assert clean_q and min(clean_q) >= 1.0 / m.num_classes
+    # The report's columns: the final classifier (TAC) over the un-augmented training images.
+    m.eval()
+    with torch.no_grad():
+        x = torch.stack([dm.train_eval_set[i]["x"] for i in range(N_TRAIN)])
+        probs = m.log_probs(x).exp()
+    given = torch.as_tensor(dm.train_labels)
+    assert [int(r["suggested_label"]) for r in rows] == probs.argmax(1).tolist()
+    assert [float(r["score"]) for r in rows] == pytest.approx(probs.gather(1, given[:, None]).squeeze(1).tolist(), rel=1e-4)
     r = rows[7]
     assert r["given_class"] == CLASSNAMES[int(r["given_label"])]
     assert r["suggested_class"] == CLASSNAMES[int(r["suggested_label"])]
-    assert float(r["suggested_confidence"]) == pytest.approx(float(soft[7].max()), rel=1e-5)
-    # Clean samples were selected because q's argmax is their given label, so q there is at least 1/C.
-    clean_q = [float(r["q_score"]) for r in rows if r["clean_verdict"] == "1"]
-    assert clean_q and min(clean_q) >= 1.0 / m.num_classes
+    assert float(r["suggested_prob"]) == pytest.approx(float(probs[7].max()), rel=1e-4)
+    assert sorted(int(r["rank"]) for r in rows) == list(range(1, N_TRAIN + 1))
+    assert m.extra_results()["label_issues"]["verdict"] is True
+    assert m.extra_metrics()["label_issues/num_train"] == N_TRAIN
 
 
 def test_checkpoint_holds_only_trainable_state(fitted, backbone):
@@ -394,9 +408,11 @@ def test_unknown_clean_labels_give_no_detector_stats(backbone, tmp_path):
     stats = m.purify_training_set(dm)
     assert "precision" not in stats and "clean_fraction" in stats
     assert m.purified.true is None
-    with (m.write_label_issues(tmp_path / "issues.csv")).open() as fh:
+    # The report runs the final classifier over the training set, so it needs the data (dm) as well.
+    with (m.write_label_issues(tmp_path / "issues.csv", dm=dm)).open() as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == N_TRAIN and {r["true_label"] for r in rows} == {""}
+    assert len(rows) == N_TRAIN and {r["true_label"] for r in rows} == {""} and {r["true_class"] for r in rows} == {""}
+    assert not any(k.startswith("label_issues/num_noisy") for k in m.extra_metrics())
 
 
 def test_label_issues_purify_on_demand(backbone, tmp_path):

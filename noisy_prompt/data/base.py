@@ -106,6 +106,11 @@ class ImageSplit:
             raise ImageReadError(self.dataset, self.split, self.describe_item(i),
                                  f"image is unreadable or truncated ({type(err).__name__}: {err})") from None
 
+    def path(self, i: int) -> str | None:
+        """Item i's image file, for datasets of files; None for in-memory or generated images."""
+        item = self.items[i]
+        return str(item) if is_file_item(item) else None
+
     def identity(self, i: int) -> str:
         """Cache identity of item i: its key plus, for a file, the file's resolved path, size and mtime."""
         item = self.items[i]

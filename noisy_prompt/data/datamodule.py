@@ -230,6 +230,14 @@ class CLIPDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._ready:
             return
+        self.setup_labels()
+        self._build_datasets()
+        self.clip_bundle = None  # the datamodule needs no CLIP after caching; the method keeps its own reference
+        self._ready = True
+
+    def setup_labels(self) -> None:
+        """The label side alone (read, few-shot draw, noise; no CLIP, no features): what the report command
+        needs to show a finished run's training images."""
         self.splits = read_dataset(self.reader, self.data_dir, **self.reader_kwargs).named(self.name)
         # A class with no training or test image would silently change the benchmark (C-1 classes scored).
         self.splits.train.check_classes()
@@ -238,9 +246,6 @@ class CLIPDataModule(L.LightningDataModule):
         self.train_labels, self.train_clean = labels, clean
         self.val_split = self._build_val(self.splits)
         self.test_splits = {"test": self.splits.test, **{f"test_{k}": v for k, v in self.splits.extra_tests.items()}}
-        self._build_datasets()
-        self.clip_bundle = None  # the datamodule needs no CLIP after caching; the method keeps its own reference
-        self._ready = True
 
     @property
     def classnames(self) -> list[str]:
@@ -265,6 +270,13 @@ class CLIPDataModule(L.LightningDataModule):
         if self.splits is not None and self.splits.clean_labels_known:
             return True
         return self.noise is None or getattr(self.noise, "protocol", "real") != "real"
+
+    @property
+    def train_paths(self) -> list[str | None] | None:
+        """The training images' files in training-set order (label_issues.csv's `path`); None when the
+        dataset's images are not files (in-memory arrays, the generated synthetic world)."""
+        paths = [self.train_split.path(i) for i in range(len(self.train_split))]
+        return paths if any(p is not None for p in paths) else None
 
     @property
     def test_set_names(self) -> list[str]:

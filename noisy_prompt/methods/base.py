@@ -12,6 +12,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from noisy_prompt.clip.factory import ClipBundle, create_clip, freeze
+from noisy_prompt.methods.selection import LABEL_ISSUES_FILE
 from noisy_prompt.methods.schedules import warmup_cosine_factor
 
 
@@ -59,6 +60,9 @@ def plain(value: Any, where: str = "hparams") -> Any:
         pass
     raise TypeError(f"{where} = {value!r} ({type(value).__name__}) cannot be stored in the predictor file; "
                     "constructor arguments must be plain values")
+# Every test item's top-k classes and probabilities, per test set (rank 0, after testing); loads with
+# torch.load(weights_only=True): {"classnames": [...], "sets": {name: {"index", "label", "topk", "topk_prob"}}}.
+TEST_PREDICTIONS_FILE = "test_predictions.pt"
 
 
 class ClassifierModule(L.LightningModule):
@@ -71,10 +75,15 @@ class ClassifierModule(L.LightningModule):
     reloaded from the backbone config; `strict_loading=False` lets those frozen keys be absent.
     """
 
-    # test_predictions: per test set, the top-k classes and probabilities of every item (predictions_<set>.csv).
-    REPORT_ATTRS = ("test_report", "val_history", "history", "test_predictions")
+    # test_predictions: per test set, the top-k classes and probabilities of every item (predictions_<set>.csv,
+    # test_predictions.pt); label_issues_record: the label-issue report's summary and metrics.
+    REPORT_ATTRS = ("test_report", "val_history", "history", "test_predictions", "label_issues_record")
     # Whether the task calls `trainer.fit` before testing; zero-shot / eval-only modules set False.
+    # A module that trains on labels also writes the label-issue report after testing.
     trains: bool = True
+    # The label-issue report's summary (file, flags, metrics), set by `write_label_issues`; a class-level
+    # empty default so that the hooks answer {} before any report (never mutated in place).
+    label_issues_record: dict[str, Any] = {}
 
     def __init__(self, backbone: dict, classnames: list[str], templates: list[str] | None = None,
                  test_sets: list[str] | None = None, input: str = "features", optim: dict | None = None,
@@ -164,13 +173,15 @@ class ClassifierModule(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._test_buffer: dict[str, list] = {}
+        self.test_predictions: dict[str, dict[str, list]] = {}
 
     def _gather_exact(self, name: str) -> tuple[torch.Tensor, ...] | None:
-        """(top-k predictions, labels, top-k probabilities, dataset indices) of every test item exactly once,
-        in index order: gathered from all ranks and de-duplicated by dataset index, so DistributedSampler
-        padding can never count an item twice and the number in a table equals the single-process number."""
+        """(index, top-k predictions, labels, top-k probabilities) of every test item exactly once, in index
+        order: gathered from all ranks and de-duplicated by dataset index, so DistributedSampler padding can
+        never count an item twice and the number in a table equals the single-process number."""
         parts = self._test_buffer.get(name, [])
-        local = [torch.cat([p[i] for p in parts]) for i in range(4)] if parts else None
+        width = len(parts[0]) if parts else 0
+        local = [torch.cat([p[i] for p in parts]) for i in range(width)] if parts else None
         if torch.distributed.is_available() and torch.distributed.is_initialized() and self.trainer.world_size > 1:
             gathered = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(gathered, local)
@@ -181,34 +192,95 @@ class ClassifierModule(L.LightningModule):
             return None
         index, topk, label, prob = (torch.cat([g[i] for g in gathered]) for i in range(4))
         unique, first = _first_occurrence(index)
-        return topk[first], label[first], prob[first], unique
+        return unique, topk[first], label[first], prob[first]
 
     def on_test_epoch_end(self) -> None:
         for name in self.test_set_names:
             exact = self._gather_exact(name)
             if exact is None:
                 continue
-            topk, label, prob, index = exact
+            index, topk, label, prob = exact
             self.test_report[name] = classification_report(topk, label, self.num_classes)
             self.test_predictions[name] = {"index": index.tolist(), "label": label.tolist(), "topk": topk.tolist(),
                                            "prob": [[round(float(p), 6) for p in row] for row in prob.tolist()]}
             self.log(f"{name}/acc", self.test_report[name]["acc"], sync_dist=False, rank_zero_only=True)
         if self.trainer.is_global_zero and self.report_path is not None:
-            self.save_report(Path(self.report_path))
+            run_dir = Path(self.report_path).parent
             # Inside the rank-0 worker, where method state (e.g. TANGO's purification) lives, also when
-            # the ranks were spawned processes whose module objects never return to the task.
-            self.write_artifacts(Path(self.report_path).parent)
+            # the ranks were spawned processes whose module objects never return to the task. The
+            # label-issue report comes first: its metrics travel in the module report.
+            if self.trains:
+                self.write_label_issues(run_dir / LABEL_ISSUES_FILE)
+            self.save_test_predictions(run_dir / TEST_PREDICTIONS_FILE)
+            self.save_report(Path(self.report_path))
+            self.write_artifacts(run_dir)
         if self.trainer.is_global_zero and self.predictor_path is not None:
             self.save_predictor(Path(self.predictor_path))
 
+    def save_test_predictions(self, path: Path) -> Path | None:
+        """TEST_PREDICTIONS_FILE: what the report's confusion matrix (and a check of a predictor) reads."""
+        if not self.test_predictions:
+            return None
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        sets = {name: {"index": torch.tensor(p["index"]), "label": torch.tensor(p["label"]),
+                       "topk": torch.tensor(p["topk"]), "topk_prob": torch.tensor(p["prob"])}
+                for name, p in self.test_predictions.items()}
+        torch.save({"classnames": list(self.classnames), "sets": sets}, tmp)
+        tmp.replace(path)
+        return path
+
+    # ---- the label-issue report (methods/selection.py) ------------------------------------------------
+    def label_issue_verdicts(self, dm: Any = None):
+        """The method's own clean/noisy verdicts over the training set (`selection.Verdicts`), or None for
+        a method that makes none (prompt tuning, plain fine-tuning): its report has an empty verdict column."""
+        return None
+
+    def label_issue_log_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """The final classifier's log-probabilities: what the report ranks and suggests by."""
+        return F.log_softmax(self.logits(x).float(), dim=-1)
+
+    def label_issue_report(self, dm: Any = None):
+        """One no-grad pass of the final classifier over the un-augmented training set (cached features for
+        prompt methods, images for fine-tuning methods), with the method's verdicts where it has them."""
+        from noisy_prompt.methods import selection
+
+        if dm is None and (self._trainer is None or getattr(self.trainer, "datamodule", None) is None):
+            raise RuntimeError(f"{type(self).__name__}.write_label_issues needs the training set: fit the model "
+                               "first or pass dm")
+        out, given, clean, dm = selection.training_set_pass(
+            self, lambda x: {"log_probs": self.label_issue_log_probs(x)}, dm, desc="label issues: training set")
+        verdicts = self.label_issue_verdicts(dm)
+        if verdicts is not None and not torch.equal(verdicts.given.cpu(), given.cpu()):
+            raise RuntimeError(f"{type(self).__name__}: the verdicts were made on other given labels than the "
+                               "training set served now")
+        true = clean if selection.true_labels_known(dm) else None
+        return selection.report_from_log_probs(out["log_probs"], given, true, verdicts, selection.sample_paths(dm))
+
+    def write_label_issues(self, path: str | Path, dm: Any = None) -> Path:
+        """label_issues.csv (`selection.LABEL_ISSUE_COLUMNS`) from the current weights; its summary and
+        metrics go to results.json (`label_issues_record`)."""
+        from noisy_prompt.methods import selection
+
+        report = self.label_issue_report(dm)
+        path = selection.write_label_issues_csv(path, self.classnames, report)
+        self.label_issues_record = {
+            "file": Path(path).name, "num_train": int(report.given.numel()),
+            "verdict": report.verdicts is not None, "true_labels": report.true is not None,
+            "paths": report.paths is not None, "score": "self_confidence", "metrics": report.metrics()}
+        return path
+
     # ---- hooks the task calls (declared here, so the task never probes with getattr) ----------------
     def extra_metrics(self) -> dict[str, float]:
-        """Method-specific numbers merged into results.json["metrics"] (aggregatable as table metrics)."""
-        return {}
+        """Method-specific numbers merged into results.json["metrics"] (aggregatable as table metrics):
+        here the label-issue report's `label_issues/*` metrics, where there is a report."""
+        return dict(self.label_issues_record.get("metrics", {}))
 
     def extra_results(self) -> dict[str, Any]:
-        """Method-specific records merged at the top level of results.json (e.g. TANGO's purification)."""
-        return {}
+        """Method-specific records merged at the top level of results.json (e.g. TANGO's purification);
+        here `label_issues`: the report's file and flags (the record that marks a run as carrying one)."""
+        rec = self.label_issues_record
+        return {"label_issues": {k: v for k, v in rec.items() if k != "metrics"}} if rec else {}
 
     def write_artifacts(self, run_dir: Path) -> None:
         """Extra files in the run dir, written by rank 0 inside the worker after testing."""

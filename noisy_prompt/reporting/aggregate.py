@@ -590,17 +590,26 @@ def _with_key(run: RunRecord, key: CellKey) -> RunRecord:
 # --------------------------------------------------------------------------------------------------
 # Label-issue comparison: how well each method's clean verdicts find the samples whose label is right
 
-# The methods that decide clean vs noisy (TANGO and the baselines of its tables), in print order.
-LABEL_ISSUE_METHODS: tuple[str, ...] = ("tango", "ssr", "lsl", "dividemix", "deft")
-# (column label, key of a per-epoch record in results.json["purification"], fallback metric in
-# results.json["metrics"]); the records store fractions, the table prints %.
-LABEL_ISSUE_STATS: tuple[tuple[str, str, str | None], ...] = (
+# The rows are read from the records: every model with a run that carries a label-issue report
+# (results.json "label_issues" / label_issues/* metrics, written by every method that trains on labels) or
+# per-epoch clean verdicts (results.json "purification" / purify/* metrics: TANGO and its baselines; older
+# records have only these). Print order: tables.MODEL_ORDER, then the other models by name.
+# (column label, key of a per-epoch record in results.json["purification"] or None, metric in
+# results.json["metrics"]: the record's fallback, or the column's source); fractions, printed as %.
+LABEL_ISSUE_STATS: tuple[tuple[str, str | None, str | None], ...] = (
     ("true_clean", "noisy_label_acc", None),  # share of given labels that are right: the noise cell's truth
     ("selected", "clean_fraction", "purify/clean_fraction_last"),
     ("precision", "precision", "purify/precision_last"),
     ("recall", "recall", "purify/recall_last"),
     ("suggested_acc", "soft_label_acc", "purify/soft_label_acc_last"),  # where a method suggests labels
+    # The label-issue report (methods/selection.py): the verdicts as a detector of the WRONG labels, and the
+    # final classifier's self-confidence ranking (precision of its top K, K = the number of wrong labels).
+    ("issue_precision", None, "label_issues/verdict_precision"),
+    ("issue_recall", None, "label_issues/verdict_recall"),
+    ("rank_precision", None, "label_issues/precision_at_noisy"),
+    ("auroc", None, "label_issues/auroc"),
 )
+REPORT_METRIC_PREFIXES = ("label_issues/", "purify/")
 LABEL_ISSUE_TABLE = "label_issues"
 
 
@@ -642,7 +651,7 @@ class LabelIssueTable:
 
     def to_markdown(self) -> str:
         cols = [c for c, _, _ in LABEL_ISSUE_STATS]
-        lines = [f"### {LABEL_ISSUE_TABLE}: clean-sample detection at the last epoch (%)", "",
+        lines = [f"### {LABEL_ISSUE_TABLE}: clean-sample and label-issue detection (%)", "",
                  "| data | noise | backbone | settings | method | n | " + " | ".join(cols) + " |",
                  "|---|---|---|---|---|:---:|" + "|".join([":---:"] * len(cols)) + "|"]
         for g in self.groups:
@@ -657,12 +666,16 @@ class LabelIssueTable:
             k = g.cell
             lines.append("| " + " | ".join([k.data, k.noise, str(k.backbone), k.settings_label() or DASH, g.method,
                                             str(len(g.seeds)), *texts]) + " |")
-        lines += ["", "Per method and noise cell, the clean/noisy verdicts of each run's last per-epoch record "
-                      "(results.json \"purification\"; DeFT: its phase-1 detector), mean ± sample std (ddof=1) "
-                      "over n seeds: true_clean = share of given labels that are right, selected = share judged "
-                      "clean, precision / recall of the clean verdicts against the right labels, suggested_acc = "
-                      f"accuracy of the method's suggested labels. {DASH} = not reported (true labels unknown, "
-                      "or the method suggests no labels)."]
+        lines += ["", "Per method and noise cell, mean ± sample std (ddof=1) over n seeds. From the clean/noisy "
+                      "verdicts of each run's last per-epoch record (results.json \"purification\"; DeFT: its "
+                      "phase-1 detector): true_clean = share of given labels that are right, selected = share "
+                      "judged clean, precision / recall of the clean verdicts against the right labels, "
+                      "suggested_acc = accuracy of the method's suggested labels. From the label-issue report "
+                      "(label_issues.csv: the final classifier over the training set): issue_precision / "
+                      "issue_recall of the verdicts as a detector of the wrong labels, rank_precision = share of "
+                      "wrong labels among the K lowest self-confidence scores (K = the number of wrong labels), "
+                      f"auroc of that score. {DASH} = not reported (true labels unknown, the method makes no "
+                      "verdicts or suggests no labels, or an older record)."]
         return "\n".join(lines) + "\n"
 
     def to_csv(self) -> str:
@@ -682,54 +695,86 @@ class LabelIssueTable:
         return buf.getvalue()
 
 
-def _last_verdict_record(run: RunRecord) -> tuple[dict[str, Any] | None, str | None]:
-    """(the run's last per-epoch verdict record, why there is none). Falls back to the `purify/*_last` metrics
-    (which lack the true clean share) when results.json has no "purification" list."""
-    from noisy_prompt.cell import read_json
+def _carries_report(run: RunRecord, payload: Mapping[str, Any]) -> bool:
+    """Whether a run's record carries a label-issue report or clean verdicts (new and old records alike)."""
+    if any(k.startswith(REPORT_METRIC_PREFIXES) for k in run.metrics):
+        return True
+    return "label_issues" in payload or "purification" in payload
 
-    try:
-        history = read_json(run.path).get("purification")
-    except (OSError, ValueError) as err:
-        return None, f"cannot read {run.path}: {err}"
+
+def _label_issue_values(run: RunRecord, payload: Mapping[str, Any]) -> tuple[dict[str, float], int | None, str | None]:
+    """(column -> value, epoch of the last verdict record, why there are none) of one successful run.
+
+    The verdict columns come from the last per-epoch record of results.json "purification", or else from
+    the `purify/*_last` metrics (which lack the true clean share); the report columns from `label_issues/*`."""
+    history = payload.get("purification")
+    record: dict[str, Any] = {}
     if history is not None:
         if not isinstance(history, list) or not all(isinstance(r, Mapping) for r in history):
-            return None, f"{run.path}: 'purification' must be a list of per-epoch objects"
+            return {}, None, f"{run.path}: 'purification' must be a list of per-epoch objects"
         if history:
-            return dict(history[-1]), None
-    fallback = {key: run.metrics[metric] for _, key, metric in LABEL_ISSUE_STATS if metric and metric in run.metrics}
-    if fallback:
-        return fallback, None
-    return None, f"{run.path}: no per-epoch clean verdicts (results.json has no 'purification' records)"
+            record = dict(history[-1])
+    values: dict[str, float] = {}
+    for column, key, metric in LABEL_ISSUE_STATS:
+        if record and key:
+            value = record.get(key)  # the record, when there is one, without mixing in the summary metrics
+        else:
+            value = run.metrics.get(metric) if metric else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            values[column] = float(value)
+    rate = run.metrics.get("label_issues/noise_rate")
+    if "true_clean" not in values and isinstance(rate, (int, float)) and math.isfinite(rate):
+        values["true_clean"] = 1.0 - float(rate)
+    if set(values) <= {"true_clean"}:
+        return {}, None, (f"{run.path}: no per-epoch clean verdicts and no label-issue metrics (results.json "
+                          "has no 'purification' records and no label_issues/* metrics)")
+    epoch = record.get("epoch")
+    return values, int(epoch) if isinstance(epoch, (int, float)) else None, None
 
 
-def label_issue_table(loaded: LoadedRuns, methods: Sequence[str] = LABEL_ISSUE_METHODS, *,
+def label_issue_table(loaded: LoadedRuns, methods: Sequence[str] | None = None, *,
                       backbone: str | None = None) -> LabelIssueTable:
-    """Per method (in `methods` order) x noise cell: precision / recall of the clean verdicts, the share judged
-    clean, the accuracy of suggested labels, beside the true clean share; from each successful run's last
-    per-epoch record. Runs of other models are ignored; failed runs are listed in the warnings."""
+    """Per method x noise cell: precision / recall of the clean verdicts, the share judged clean, the accuracy
+    of suggested labels, beside the true clean share (from each successful run's last per-epoch record), and
+    the label-issue report's verdict and ranking metrics.
+
+    `methods` (in that order) restricts the rows; by default they are every model with a record that carries
+    a report or verdicts, in tables.MODEL_ORDER and then by name. Failed runs (of those models; of any model
+    by default) are listed in the warnings."""
+    from noisy_prompt.cell import read_json
+
     groups: dict[tuple[str, CellKey], LabelIssueGroup] = {}
     table = LabelIssueTable(root=loaded.root, groups=[], warnings=list(loaded.warnings))
     for run in loaded.runs:
-        if run.key.model not in methods or (backbone is not None and run.key.backbone != backbone):
+        if (methods is not None and run.key.model not in methods) or (backbone is not None and run.key.backbone != backbone):
             continue
         cell = replace_model(run.key, "")
         if not run.ok:
             table.warnings.append(f"{run.key.label()} seed {run.seed} failed: {_first_line(run.error)}")
             continue
+        try:
+            payload = read_json(run.path)
+        except (OSError, ValueError) as err:
+            table.warnings.append(f"cannot read {run.path}: {err}")
+            continue
+        if methods is None and not _carries_report(run, payload):
+            continue  # a model that writes no report (zero-shot), or an older record of one that trains
         group = groups.setdefault((run.key.model, cell), LabelIssueGroup(method=run.key.model, cell=cell))
-        record, why = _last_verdict_record(run)
-        if record is None:
-            table.warnings.append(str(why))
+        values, epoch, why = _label_issue_values(run, payload)
+        if why is not None:
+            table.warnings.append(why)
             continue
         group.seeds.append(run.seed)
-        if isinstance(record.get("epoch"), (int, float)):
-            group.epochs.append(int(record["epoch"]))
-        for column, key, _ in LABEL_ISSUE_STATS:
-            value = record.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                group.values.setdefault(column, []).append(float(value))
-    rank = {m: i for i, m in enumerate(methods)}
-    # one block per noise cell (noises in NOISE_ORDER), the methods in `methods` order inside it
+        if epoch is not None:
+            group.epochs.append(epoch)
+        for column, value in values.items():
+            group.values.setdefault(column, []).append(value)
+    if methods is not None:
+        rank = {m: (i, "") for i, m in enumerate(methods)}
+    else:
+        order = {m: i for i, m in enumerate(MODEL_ORDER)}
+        rank = {m: (order.get(m, len(order)), m) for m, _ in groups}
+    # one block per noise cell (noises in NOISE_ORDER), the methods in `rank` order inside it
     table.groups = sorted((g for g in groups.values() if g.seeds),
                           key=lambda g: (g.cell.data, g.cell.backbone or "", g.cell.train_data,
                                          _order_key(NOISE_ORDER)(g.cell.noise), g.cell.settings, rank[g.method]))
@@ -737,7 +782,9 @@ def label_issue_table(loaded: LoadedRuns, methods: Sequence[str] = LABEL_ISSUE_M
         if not g.seeds:
             table.warnings.append(f"label_issues: {g.method} on {g.cell.data}/{g.cell.noise}: no run with verdicts")
     if not table.groups:
-        table.warnings.append(f"label_issues: no run of {', '.join(methods)} with clean verdicts under {loaded.root}")
+        which = f"of {', '.join(methods)} " if methods is not None else ""
+        table.warnings.append(f"label_issues: no run {which}with clean verdicts or a label-issue report under "
+                              f"{loaded.root}")
     return table
 
 
@@ -777,8 +824,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plot-rows", default=None, metavar="ROW[,ROW...]",
                         help="draw only these rows (their printed labels, e.g. model names), in this order")
     parser.add_argument("--label-issues", action="store_true",
-                        help=f"the label-issue comparison table (same as --table {LABEL_ISSUE_TABLE}): precision/recall "
-                             f"of the clean verdicts of {', '.join(LABEL_ISSUE_METHODS)} per noise cell (md or csv)")
+                        help=f"the label-issue comparison table (same as --table {LABEL_ISSUE_TABLE}): per noise cell, "
+                             "precision/recall of the clean verdicts and of the label-issue ranking of every method "
+                             "whose runs carry them (md or csv)")
     parser.add_argument("--methods", default=None, metavar="MODEL[,MODEL...]",
                         help="--label-issues: these models instead (e.g. TANGO's readings tango,tango_literal), in "
                              "this order")
@@ -794,7 +842,7 @@ def _main_label_issues(args) -> int:
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    methods = tuple(_comma_list(args.methods)) if args.methods else LABEL_ISSUE_METHODS
+    methods = tuple(_comma_list(args.methods)) if args.methods else None
     table = label_issue_table(loaded, methods, backbone=args.backbone)
     text = table.render(args.format)
     if args.out is not None:
@@ -839,7 +887,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.list:
         for name, spec in TABLES.items():
             print(f"{name}\t{spec.title}")
-        print(f"{LABEL_ISSUE_TABLE}\tclean-sample detection of {', '.join(LABEL_ISSUE_METHODS)} (or --label-issues)")
+        print(f"{LABEL_ISSUE_TABLE}\tlabel-issue detection of every method whose runs carry a report (or --label-issues)")
         return 0
     if args.label_issues or args.table == LABEL_ISSUE_TABLE:
         if args.root is None:

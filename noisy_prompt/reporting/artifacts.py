@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from noisy_prompt.methods.selection import LABEL_ISSUES_FILE
+
 log = logging.getLogger(__name__)
 
 
@@ -84,17 +86,27 @@ def save_run_artifacts(cfg, module, dm, run_dir: Path, loggers: list, noise: dic
             figures.save_curves(history, saved["curves"])
     except Exception:  # a plotting problem must not lose the run's numbers
         log.exception("saving figures failed")
-    _log_to_wandb(loggers, saved, module, names, noise)
+    _log_to_wandb(loggers, saved, module, names, noise, run_dir=run_dir, dm=dm)
     return saved
 
 
-def _log_to_wandb(loggers, saved, module, names, noise) -> None:
+def _log_to_wandb(loggers, saved, module, names, noise, run_dir: Path | None = None, dm=None) -> None:
     wandb_loggers = [lg for lg in loggers if type(lg).__name__ == "WandbLogger"]
     if not wandb_loggers:
         return
     import wandb
 
     run = wandb_loggers[0].experiment
+    issues = Path(run_dir) / LABEL_ISSUES_FILE if run_dir is not None else None
+    if issues is not None and issues.is_file():
+        try:  # the report page's gallery, as a W&B Table with images (training images through the data seam)
+            from noisy_prompt.methods.selection import read_label_issues_csv
+            from noisy_prompt.reporting.report_page import log_wandb_gallery
+
+            split = getattr(dm, "train_split", None)
+            log_wandb_gallery(run, read_label_issues_csv(issues), split.load if split is not None else None)
+        except Exception:  # a gallery problem must not lose the run's numbers
+            log.exception("logging the label-issue gallery to W&B failed")
     payload = {f"figures/{k}": wandb.Image(str(p)) for k, p in saved.items() if Path(p).is_file()}
     rep = module.test_report.get("test")
     if rep:

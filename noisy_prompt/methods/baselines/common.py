@@ -1,13 +1,10 @@
 """What the CLIP baselines (SSR, LSL, DivideMix, DeFT) share: a fine-tuned vision tower with a linear head,
-a per-epoch clean/noisy verdict over the training set, its history in results.json and `label_issues.csv`
-with TANGO's columns.
+a per-epoch clean/noisy verdict over the training set (`selection.Verdicts`), its history in results.json,
+and the verdicts in the label-issue report every training method writes (`methods/selection.py`).
 """
 from __future__ import annotations
 
-import csv
 import logging
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,43 +12,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from noisy_prompt.methods.base import ClassifierModule
-from noisy_prompt.methods.tango.module import LABEL_ISSUE_COLUMNS, purification_summary, true_labels_known
+from noisy_prompt.methods.selection import Verdicts, purification_summary, true_labels_known
 
 from .core import verdict_stats
 
 log = logging.getLogger(__name__)
 
 HEAD_INITS = ("zeroshot", "random")
-
-
-@dataclass
-class Verdicts:
-    """The latest clean/noisy decision over the training set, in dataset order (tensors on the model's device)."""
-
-    epoch: int
-    given: Tensor  # (N,) the noisy labels trained on
-    true: Tensor | None  # (N,) clean labels where known (diagnostics only)
-    clean_mask: Tensor  # (N,) bool
-    score: Tensor  # (N,) the method's clean score at the given label (label_issues' q_score)
-    suggested: Tensor  # (N,) the label the method would use
-    confidence: Tensor  # (N,) the method's confidence in `suggested`
-
-
-def write_label_issues_csv(path: str | Path, classnames: list[str], v: Verdicts) -> Path:
-    """One row per training sample, TANGO's columns (`LABEL_ISSUE_COLUMNS`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    given = v.given.cpu().tolist()
-    true = v.true.cpu().tolist() if v.true is not None else [None] * len(given)
-    rows = zip(given, v.clean_mask.cpu().tolist(), v.score.float().cpu().tolist(), v.suggested.cpu().tolist(),
-               v.confidence.float().cpu().tolist(), true)
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(LABEL_ISSUE_COLUMNS)
-        for i, (g, clean, score, s, conf, t) in enumerate(rows):
-            writer.writerow([i, g, classnames[g], int(clean), f"{score:.6g}", s, classnames[s], f"{conf:.6g}",
-                             "" if t is None else t])
-    return path
+__all__ = ["Verdicts", "BaselineModule", "augment_view", "zero_shot_head", "mlp"]
 
 
 def augment_view(x: Tensor, generator: torch.Generator, max_shift: float = 0.125) -> Tensor:
@@ -167,26 +135,21 @@ class BaselineModule(ClassifierModule):
 
     # ---- hooks ------------------------------------------------------------------------------------
     def extra_metrics(self) -> dict[str, float]:
-        return purification_summary(self.purification_history)
+        return {**super().extra_metrics(), **purification_summary(self.purification_history)}
 
     def extra_results(self) -> dict[str, Any]:
-        return {"purification": list(self.purification_history)} if self.purification_history else {}
+        out = dict(super().extra_results())
+        if self.purification_history:
+            out["purification"] = list(self.purification_history)
+        return out
 
-    def write_artifacts(self, run_dir: Path) -> None:
-        if self.verdicts is None and (self._trainer is None or getattr(self.trainer, "datamodule", None) is None):
-            log.warning("%s: no clean/noisy verdicts in this process; label_issues.csv not written", type(self).__name__)
-            return
-        self.write_label_issues(Path(run_dir) / "label_issues.csv")
-
-    def write_label_issues(self, path: str | Path, dm: Any = None) -> Path:
-        """label_issues.csv from the last verdicts; without any in this process (a finished run resumed from its
-        last checkpoint trains no epoch) they are computed now with the current weights over `dm`."""
+    def label_issue_verdicts(self, dm: Any = None) -> Verdicts:
+        """The last verdicts; without any in this process (a finished run resumed from its last checkpoint
+        trains no epoch, or DivideMix ended inside its warm-up) they are computed now over `dm`."""
         if self.verdicts is None:
-            if dm is None and (self._trainer is None or getattr(self.trainer, "datamodule", None) is None):
-                raise RuntimeError("write_label_issues needs verdicts: fit the model first or pass dm")
             v, _ = self.score_training_set(dm)
             self.verdicts = v
-        return write_label_issues_csv(path, self.classnames, self.verdicts)
+        return self.verdicts
 
     # ---- state ------------------------------------------------------------------------------------
     def trainable_state_names(self) -> set[str]:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from noisy_prompt.clip.prompt_encoder import PromptTextEncoder
-from noisy_prompt.methods.feature_pass import training_set_pass
+from noisy_prompt.methods.selection import training_set_pass
 from noisy_prompt.methods.schedules import warmup_cosine_factor
 
 from . import core

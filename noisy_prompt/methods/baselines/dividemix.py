@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from noisy_prompt.losses import soft_cross_entropy
-from noisy_prompt.methods.feature_pass import training_set_pass
+from noisy_prompt.methods.selection import training_set_pass
 from noisy_prompt.methods.schedules import warmup_cosine_factor
 
 from . import core

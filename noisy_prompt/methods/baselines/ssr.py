@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from noisy_prompt.losses import soft_cross_entropy
-from noisy_prompt.methods.feature_pass import training_set_pass
+from noisy_prompt.methods.selection import training_set_pass
 from noisy_prompt.methods.tango.purification import resolve_k
 
 from . import core
@@ -82,7 +82,7 @@ class SSR(BaselineModule):
                               if self.balance == "weights" else clean_mask.float())
         self.epoch_feats = feats if self.keeps_features else None  # LSL's structural labels reuse them
         true = self.known_true(dm, clean)
-        # label_issues: q_score = the vote's share at the given label, relative to the top class (SSR's score).
+        # label_issues method_score: the vote's share at the given label, relative to the top class (SSR's score).
         score = vote.gather(1, given[:, None]).squeeze(1) / vote.max(dim=1).values.clamp_min(1e-30)
         v = Verdicts(self.current_epoch, given, true, clean_mask, score, working,
                      torch.where(relabelled, probs.max(dim=1).values, vote.gather(1, working[:, None]).squeeze(1)))

@@ -8,12 +8,10 @@ The readings of spec section 4b are config values too: `tac_form` (logsumexp | l
 """
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterable
 
 import torch
@@ -22,6 +20,7 @@ from torch import Tensor, nn
 
 from noisy_prompt.losses import masked_cross_entropy, mixup, soft_cross_entropy
 from noisy_prompt.methods.epoch_curve import EpochCurveModule
+from noisy_prompt.methods.selection import Verdicts, purification_summary, training_set_pass, true_labels_known
 
 from .anchors import DEFAULT_ALIASES, load_cupl, match_descriptions, template_sentences
 from .purification import KNN_VOTES, purify, resolve_k
@@ -36,12 +35,6 @@ ANCHOR_SOURCE_ALIASES = {"synthetic": "dataset"}
 MIXUP_FORMS = {"beta11": (1.0, False), "ssr": (4.0, True)}
 ANCHOR_KEYS = {"source", "path", "k", "encode_batch_size"}
 CLASSIFIERS = ("tac", "linear")
-# Below this many training images the feature pass is quick enough that a progress bar is noise.
-PROGRESS_MIN_IMAGES = 5000
-LABEL_ISSUE_COLUMNS = (
-    "index", "given_label", "given_class", "clean_verdict", "q_score",
-    "suggested_label", "suggested_class", "suggested_confidence", "true_label",
-)
 # purify() stat name -> name in logs, history and results.
 STAT_NAMES = {
     "clean_fraction": "clean_fraction",
@@ -52,21 +45,6 @@ STAT_NAMES = {
     "soft_label_accuracy": "soft_label_acc",
     "noisy_label_accuracy": "noisy_label_acc",
 }
-
-PURIFICATION_SUMMARY_KEYS = ("clean_fraction", "precision", "recall", "soft_label_acc")
-
-
-def purification_summary(history: list[dict[str, Any]]) -> dict[str, float]:
-    """results.json metrics of a run that purified its labels each epoch: purify/<key>_first and
-    purify/<key>_last from the first and last epoch's verdict statistics (TANGO and the baselines)."""
-    out: dict[str, float] = {}
-    if history:
-        for tag, stats in (("first", history[0]), ("last", history[-1])):
-            for key in PURIFICATION_SUMMARY_KEYS:
-                if key in stats:
-                    out[f"purify/{key}_{tag}"] = float(stats[key])
-    return out
-
 
 def anchor_sentences(source: str, classnames: list[str], k: int, path: str | None = None,
                      dataset: str | None = None,
@@ -103,7 +81,8 @@ def _encode_device() -> torch.device:
 
 @dataclass
 class PurifiedLabels:
-    """The last purification, indexed by training-set index (tensors on the model's device)."""
+    """TANGO's training state from the last purification, indexed by training-set index (tensors on the
+    model's device): the clean set I_c and the soft labels Y~ it trains on."""
 
     epoch: int
     given: Tensor  # (N,) long, the noisy labels the model trains on
@@ -112,21 +91,11 @@ class PurifiedLabels:
     soft_labels: Tensor  # (N, C) Y~
     q_given: Tensor  # (N,) q at the given label
 
-
-def true_labels_known(dm: Any) -> bool:
-    """Whether the datamodule's clean labels are real ground truth rather than copies of the given ones.
-
-    Real-noise datasets without clean annotations (Animal-10N, WebVision, ...) serve the noisy labels as
-    `clean_label`; precision/recall against them would be meaningless.
-    """
-    flag = getattr(dm, "clean_labels_known", None)
-    if flag is not None:
-        return bool(flag() if callable(flag) else flag)
-    split = getattr(dm, "train_split", None)
-    if split is not None and getattr(split, "clean_labels", None) is not None:
-        return True
-    noise = getattr(dm, "noise", None)
-    return noise is None or getattr(noise, "protocol", "real") != "real"
+    def verdicts(self) -> Verdicts:
+        """The neutral record: clean = I_c, score = q at the given label, suggested = argmax Y~."""
+        confidence, suggested = self.soft_labels.float().max(dim=1)
+        return Verdicts(epoch=self.epoch, given=self.given, true=self.true, clean_mask=self.clean_mask,
+                        score=self.q_given, suggested=suggested, confidence=confidence)
 
 
 def _check_args(input: str, classifier: str, trainable_anchors: bool, beta: float, k: int | str, m: int | None,
@@ -258,54 +227,14 @@ class Tango(EpochCurveModule):
         return out if self.head is None else F.log_softmax(out.float(), dim=-1)
 
     # ---- purification ---------------------------------------------------------------------------
-    @torch.no_grad()
-    def extract_features(self, batches: Iterable[dict]) -> tuple[Tensor, Tensor, Tensor]:
-        """Normalised image features, given and clean labels of a whole split, placed by `index`."""
-        feats, labels, clean, order = [], [], [], []
-        # The trainer's precision (autocast under 16-mixed) also for this pass: it is the bulk of purification's cost.
-        plugin = self.trainer.precision_plugin if self._trainer is not None else None
-        with plugin.forward_context() if plugin is not None else nullcontext():
-            for batch in batches:
-                x = batch["x"].to(self.device, non_blocking=True)
-                feats.append(self.image_features(plugin.convert_input(x) if plugin is not None else x))
-                labels.append(torch.as_tensor(batch["label"]))
-                clean.append(torch.as_tensor(batch["clean_label"]))
-                order.append(torch.as_tensor(batch["index"]))
-        index = torch.cat(order).long()
-        n = index.numel()
-        if n == 0 or not torch.equal(torch.sort(index).values, torch.arange(n)):
-            raise ValueError(f"the training-set loader must yield each index 0..N-1 exactly once; got {n} items "
-                             "with missing or repeated indices")
-        out_feats = torch.empty(n, feats[0].shape[1], device=self.device)
-        out_feats[index.to(self.device)] = torch.cat(feats).float()
-        out_labels, out_clean = torch.empty(n, dtype=torch.long), torch.empty(n, dtype=torch.long)
-        out_labels[index], out_clean[index] = torch.cat(labels).long(), torch.cat(clean).long()
-        return out_feats, out_labels.to(self.device), out_clean.to(self.device)
-
     def purify_training_set(self, dm: Any = None) -> dict[str, float]:
         """Purification with the current weights over `dm` (default: the trainer's datamodule).
 
         Sets `self.purified` and returns the stats; the clean labels only feed the stats.
         """
-        if dm is None:
-            dm = getattr(self.trainer, "datamodule", None)
-        if dm is None or not hasattr(dm, "train_eval_dataloader"):
-            raise RuntimeError("TANGO purifies the whole training set before every epoch: fit it with a datamodule "
-                               "that has train_eval_dataloader() (the training set, no augmentation)")
-        loader = dm.train_eval_dataloader()
-        n = len(loader.dataset) if hasattr(loader, "dataset") else 0
-        batches: Iterable[dict] = loader
-        if (self._trainer is None or self.trainer.is_global_zero) and n >= PROGRESS_MIN_IMAGES:
-            from tqdm.auto import tqdm
-
-            batches = tqdm(loader, desc=f"purify epoch {self.current_epoch + 1}: features", leave=False)
-        modes = {mod: mod.training for mod in self.modules()}
-        self.eval()
-        try:
-            feats, given, clean = self.extract_features(batches)
-        finally:
-            for mod, mode in modes.items():
-                mod.train(mode)
+        out, given, clean, dm = training_set_pass(self, lambda x: {"feats": self.image_features(x)}, dm,
+                                                  desc=f"purify epoch {self.current_epoch + 1}: features")
+        feats = out["feats"]
         known = true_labels_known(dm)
         result = purify(feats, given, self.current_anchors().detach(), self.anchor_labels, self.num_classes,
                         beta=self.beta, k=self.knn_k, m=self.m, block_size=self.block_size,
@@ -431,34 +360,14 @@ class Tango(EpochCurveModule):
         return out
 
     def extra_results(self) -> dict[str, Any]:
-        return {"purification": list(self.purification_history)} if self.purification_history else {}
+        out = dict(super().extra_results())
+        if self.purification_history:
+            out["purification"] = list(self.purification_history)
+        return out
 
-    def write_artifacts(self, run_dir: Path) -> None:
-        self.write_label_issues(Path(run_dir) / "label_issues.csv")
-
-    def write_label_issues(self, path: str | Path, dm: Any = None) -> Path:
-        """One row per training sample from the last purification: verdict, q at the given label, Y~'s suggestion.
-
-        Without a purification in this process (a finished run resumed from its last checkpoint trains no
-        epoch), one is run now with the current weights over `dm` or the trainer's datamodule.
-        """
+    def label_issue_verdicts(self, dm: Any = None) -> Verdicts:
+        """The last purification's verdicts; without a purification in this process (a finished run resumed
+        from its last checkpoint trains no epoch), one is run now with the current weights over `dm`."""
         if self.purified is None:
-            if dm is None and (self._trainer is None or getattr(self.trainer, "datamodule", None) is None):
-                raise RuntimeError("write_label_issues needs a purification: fit the model first or pass dm")
             self.purify_training_set(dm)
-        p = self.purified
-        given = p.given.cpu().tolist()
-        verdict = p.clean_mask.cpu().tolist()
-        q_given = p.q_given.float().cpu().tolist()
-        confidence, suggested = p.soft_labels.float().cpu().max(dim=1)
-        true = p.true.cpu().tolist() if p.true is not None else [None] * len(given)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(LABEL_ISSUE_COLUMNS)
-            for i, (g, v, q, s, conf, t) in enumerate(zip(given, verdict, q_given, suggested.tolist(),
-                                                          confidence.tolist(), true)):
-                writer.writerow([i, g, self.classnames[g], int(v), f"{q:.6g}", s, self.classnames[s],
-                                 f"{conf:.6g}", "" if t is None else t])
-        return path
+        return self.purified.verdicts()
