@@ -137,8 +137,9 @@ class DeFT(BaselineModule):
         w = self.p1["warmup"]
         return (5 if self.noise_protocol() == "real" else 1) if w == "auto" else int(w)
 
-    def verdict(self, p_yes: Tensor, labels: Tensor) -> Tensor:
-        return core.deft_clean_verdict(p_yes, labels, float(self.p1["threshold"]), self._real("require_argmax"))
+    def verdict(self, margin: Tensor, labels: Tensor) -> Tensor:
+        """From the margin pos − neg (core.deft_margin), which does not saturate as p_yes does."""
+        return core.deft_clean_verdict(margin, labels, float(self.p1["threshold"]), self._real("require_argmax"))
 
     # ---- optimisers -----------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -186,7 +187,7 @@ class DeFT(BaselineModule):
 
     def _p_yes_outputs(self, x: Tensor) -> dict[str, Tensor]:
         pos, neg = self.prompt_logits(x)
-        return {"p_yes": core.deft_p_yes(pos, neg), "pos": pos}
+        return {"margin": core.deft_margin(pos, neg), "pos": pos}
 
     def score_training_set(self, dm: Any = None) -> tuple[Verdicts, dict[str, float]]:
         if self.final_verdicts is not None:
@@ -197,15 +198,15 @@ class DeFT(BaselineModule):
             out, given, clean, dm = training_set_pass(self, self._p_yes_outputs, dm, desc="DeFT detection")
         finally:
             self.phase = saved
-        p_yes = out["p_yes"]
-        mask = self.verdict(p_yes, given)
+        margin = out["margin"]
+        mask = self.verdict(margin, given)
         # The suggested label is the positive-prompt classifier's prediction (the target DeFT trains a
         # noisy sample towards after warm-up). argmax_k p_yes_k is not a classifier: each p_yes_k is a
         # separate yes/no score, and its argmax scored below chance on the synthetic world.
         confidence, suggested = out["pos"].softmax(dim=1).max(dim=1)
         true = self.known_true(dm, clean)
-        v = Verdicts(self.phase1_epochs, given, true, mask, p_yes.gather(1, given[:, None]).squeeze(1), suggested,
-                     confidence)
+        p_yes_given = torch.sigmoid(margin.gather(1, given[:, None]).squeeze(1))  # label_issues' q_score
+        v = Verdicts(self.phase1_epochs, given, true, mask, p_yes_given, suggested, confidence)
         return v, {"final_detection": 1.0}
 
     def on_train_epoch_end(self) -> None:
@@ -245,8 +246,7 @@ class DeFT(BaselineModule):
         if self.phase == 1:
             pos, neg = self.prompt_logits(x)
             with torch.no_grad():
-                p_yes = core.deft_p_yes(pos, neg)
-                clean = self.verdict(p_yes, y)
+                clean = self.verdict(core.deft_margin(pos, neg), y)
             self._remember(batch["index"].long(), clean, y, batch["clean_label"].long().to(y.device))
             warm = self.current_epoch < self.warmup_epochs
             comp = core.complementary_labels(y, self.num_classes, self.mix_generator)

@@ -42,7 +42,7 @@ class DivideMix(BaselineModule):
                              f"got {warmup_epochs}, {p_threshold}, {temperature}")
         if confidence_penalty not in PENALTY_MODES:
             raise ValueError(f"model.confidence_penalty must be one of {PENALTY_MODES}, got {confidence_penalty!r}")
-        gmm_cfg = {"n_iter": 10, "tol": 1e-2, "reg_covar": 5e-4, **dict(gmm or {})}
+        gmm_cfg = {"n_iter": core.GMM_MAX_ITER, "tol": core.GMM_TOL, "reg_covar": 5e-4, **dict(gmm or {})}
         unknown = set(gmm_cfg) - GMM_KEYS
         if unknown:
             raise ValueError(f"model.gmm: unknown keys {sorted(unknown)}; expected {sorted(GMM_KEYS)}")
