@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from noisy_prompt.errors import UserError
+
 log = logging.getLogger(__name__)
 
 RESULTS = "results.json"
@@ -55,11 +57,11 @@ TAG_CHARS = 120
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+\-]")
 
 
-class StaleCellError(RuntimeError):
+class StaleCellError(UserError, RuntimeError):
     """The cell dir holds a result made with a different configuration than this run's."""
 
 
-class CellLockedError(RuntimeError):
+class CellLockedError(UserError, RuntimeError):
     """Another process holds the cell's lock."""
 
 

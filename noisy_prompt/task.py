@@ -26,7 +26,9 @@ from noisy_prompt.cell import (FAILED, RESULTS, CellId, StaleCellError, cell_loc
 from noisy_prompt.clip.factory import weights_digest
 from noisy_prompt.config import config_hash, ctor_kwargs, result_config
 from noisy_prompt.data.readers import data_digest
+from noisy_prompt.errors import ConfigError, UserError
 from noisy_prompt.reporting.results import git_revision, versions
+from noisy_prompt.resume import check_resumable
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +41,15 @@ def max_epochs_of(cfg: DictConfig) -> int:
     """
     value = cfg.trainer.get("max_epochs")
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"trainer.max_epochs must be a positive integer, got {value!r}: set the number of "
+        raise ConfigError(f"trainer.max_epochs must be a positive integer, got {value!r}: set the number of "
                          "epochs with model.max_epochs=<n> (trainer.max_epochs follows it)")
     steps = cfg.trainer.get("max_steps")
     if steps not in (None, -1):
-        raise ValueError(f"trainer.max_steps={steps} is not supported: the LR and alpha schedules are per epoch; "
+        raise ConfigError(f"trainer.max_steps={steps} is not supported: the LR and alpha schedules are per epoch; "
                          "set model.max_epochs=<n> instead")
     overrides = parse_settings(task_overrides(cfg))
     if "model.max_epochs" in overrides and "trainer.max_epochs" in overrides and int(cfg.model.max_epochs) != value:
-        raise ValueError(f"model.max_epochs={cfg.model.max_epochs} and trainer.max_epochs={value} disagree: "
+        raise ConfigError(f"model.max_epochs={cfg.model.max_epochs} and trainer.max_epochs={value} disagree: "
                          "set only model.max_epochs")
     return int(value)
 
@@ -56,7 +58,7 @@ def check_backbone(cfg: DictConfig) -> None:
     """The synthetic world's tiny CLIP on a real dataset would report meaningless numbers without error."""
     if cfg.backbone.get("synthetic_world_only", False) and cfg.data.get("real_images", False) \
             and not cfg.get("allow_synthetic_backbone", False):
-        raise ValueError(f"backbone={cfg.backbone.name} is the synthetic world's 32-pixel CLIP; data={cfg.data.name} "
+        raise ConfigError(f"backbone={cfg.backbone.name} is the synthetic world's 32-pixel CLIP; data={cfg.data.name} "
                          "is a real dataset. Leave backbone at the dataset's default (its paper's CLIP) or pick one "
                          "(backbone=vit_b16|vit_b32|rn50|siglip); allow_synthetic_backbone=true forces it (tests).")
 
@@ -161,7 +163,8 @@ def _check_checkpoint_config(cfg: DictConfig, run_dir: Path, cell: CellId, chash
             raise err
         try:
             check_digests(ckpt_dir / "last.ckpt", stored, digests, "start this cell afresh")
-        except StaleCellError as err:
+            check_resumable(ckpt_dir / "last.ckpt")  # refused before anything heavy if it would unpickle objects
+        except UserError as err:
             write_json(run_dir / FAILED, _failure(cell, cfg, err, t0))
             raise
     write_json(run_dir / RUN_CONFIG, {"config_hash": chash, "config": rconf, **digests})
@@ -196,7 +199,9 @@ def _run_locked(cfg: DictConfig, run_dir: Path, cell: CellId) -> dict[str, Any]:
     trainer = None
     ok = False
     try:
-        check_backbone(cfg)
+        from noisy_prompt.preflight import preflight
+
+        preflight(cfg)  # config, dataset and weights, all problems at once, before anything heavy
         max_epochs = max_epochs_of(cfg)
         # Loggers first, so a job that fails while building data or model still has its (closed) W&B run.
         loggers = _instantiate_group(cfg, "logger")
@@ -220,7 +225,8 @@ def _run_locked(cfg: DictConfig, run_dir: Path, cell: CellId) -> dict[str, Any]:
             last = run_dir / "checkpoints" / "last.ckpt"
             if last.is_file():
                 log.info("resuming %s from %s", cfg.cell, last)
-            trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.is_file() else None)
+            # weights_only=True: tensors and plain containers only (resume.check_resumable vetted the file)
+            trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.is_file() else None, weights_only=True)
         trainer.test(module, datamodule=dm, verbose=False)
         if (run_dir / REPORT_FILE).is_file():  # written by rank 0, also when ranks were spawned processes
             module.load_report(run_dir / REPORT_FILE)

@@ -21,6 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from noisy_prompt.clip.prompt_encoder import PromptTextEncoder
+from noisy_prompt.errors import ConfigError
+from noisy_prompt.methods.base import _number as _number_or_none
+from noisy_prompt.methods.base import range_problems
 from noisy_prompt.methods.feature_pass import training_set_pass
 from noisy_prompt.methods.schedules import warmup_cosine_factor
 
@@ -58,30 +61,43 @@ def deep_prompt_forward(visual: nn.Module, x: Tensor, prompts: Tensor) -> Tensor
     return pooled
 
 
-def _auto(value: str, key: str) -> str:
-    if value not in AUTO_BOOL:
-        raise ValueError(f"model.phase1.{key} must be one of {AUTO_BOOL}, got {value!r}")
-    return value
+PHASE1_DEFAULTS = {"epochs": 10, "lr": 0.03, "momentum": 0.9, "weight_decay": 5e-4, "warmup": "auto", "n_ctx": 16,
+                   "ctx_std": 0.02, "vpt_tokens": 20, "threshold": 0.5, "require_argmax": "auto", "sce": "auto",
+                   "sce_alpha": 1.0, "sce_beta": 1.0}
+PHASE1_RULES = {"lr": (0.0, float("inf"), False, "a learning rate > 0"), "momentum": (0.0, 1.0, True, "a number in [0, 1]"),
+                "weight_decay": (0.0, float("inf"), True, "a number >= 0"), "n_ctx": (1, float("inf"), True, "an integer >= 1"),
+                "ctx_std": (0.0, float("inf"), True, "a number >= 0"), "vpt_tokens": (0, float("inf"), True, "an integer >= 0"),
+                "threshold": (0.0, 1.0, True, "a probability in [0, 1]")}
 
 
 class DeFT(BaselineModule):
     single_device_only = True
 
-    def __init__(self, phase1: dict | None = None, **kwargs):
-        cfg = {"epochs": 10, "lr": 0.03, "momentum": 0.9, "weight_decay": 5e-4, "warmup": "auto", "n_ctx": 16,
-               "ctx_std": 0.02, "vpt_tokens": 20, "threshold": 0.5, "require_argmax": "auto", "sce": "auto",
-               "sce_alpha": 1.0, "sce_beta": 1.0, **dict(phase1 or {})}
+    @classmethod
+    def config_problems(cls, config: dict) -> list[str]:
+        """Phase 1's keys and ranges, and the epochs of the two phases (model.max_epochs is their total)."""
+        out = super().config_problems(config)
+        cfg = {**PHASE1_DEFAULTS, **dict(config.get("phase1") or {})}
         unknown = set(cfg) - PHASE1_KEYS
         if unknown:
-            raise ValueError(f"model.phase1: unknown keys {sorted(unknown)}; expected {sorted(PHASE1_KEYS)}")
-        _auto(cfg["require_argmax"], "require_argmax")
-        _auto(cfg["sce"], "sce")
-        if cfg["warmup"] != "auto" and int(cfg["warmup"]) < 0:
-            raise ValueError(f"model.phase1.warmup must be 'auto' or >= 0, got {cfg['warmup']!r}")
-        total = int(kwargs.get("max_epochs", 1))
-        if int(cfg["epochs"]) < 1 or total <= int(cfg["epochs"]):
-            raise ValueError(f"DeFT runs phase 1 then phase 2 in one run: model.max_epochs ({total}) must exceed "
-                             f"model.phase1.epochs ({cfg['epochs']}), and phase 1 needs at least 1 epoch")
+            out.append(f"model.phase1: unknown keys {sorted(unknown)}; expected {sorted(PHASE1_KEYS)}")
+        for key in ("require_argmax", "sce"):
+            if cfg[key] not in AUTO_BOOL:
+                out.append(f"model.phase1.{key} must be one of {AUTO_BOOL}, got {cfg[key]!r}")
+        if cfg["warmup"] != "auto" and (_number_or_none(cfg["warmup"]) is None or int(cfg["warmup"]) < 0):
+            out.append(f"model.phase1.warmup must be 'auto' or an integer >= 0, got {cfg['warmup']!r}")
+        out += range_problems(cfg, "model.phase1", PHASE1_RULES)
+        total, first = _number_or_none(config.get("max_epochs", 1)), _number_or_none(cfg["epochs"])
+        if first is None or total is None or first < 1 or total <= first:
+            out.append(f"DeFT runs phase 1 then phase 2 in one run: model.max_epochs ({config.get('max_epochs', 1)}) "
+                       f"must exceed model.phase1.epochs ({cfg['epochs']}), and phase 1 needs at least 1 epoch")
+        return out
+
+    def __init__(self, phase1: dict | None = None, **kwargs):
+        cfg = {**PHASE1_DEFAULTS, **dict(phase1 or {})}
+        problems = self.config_problems({**kwargs, "phase1": cfg})
+        if problems:
+            raise ConfigError("; ".join(problems))
         super().__init__(**kwargs)
         self.automatic_optimization = False
         self.p1 = cfg
