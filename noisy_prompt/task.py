@@ -84,9 +84,21 @@ def build_datamodule(cfg: DictConfig, clip_bundle=None):
     return get_class(target)(**kwargs, noise=noise, backbone=backbone, seed=int(cfg.seed), clip_bundle=clip_bundle)
 
 
-def data_digest_of(cfg: DictConfig) -> str | None:
+def label_files_of(cfg: DictConfig) -> dict[str, str] | None:
+    """{label file relative to the data root: sha256} of the configured real dataset (None: none to pin)."""
+    from noisy_prompt.data.label_files import label_file_hashes
+
+    return label_file_hashes(str(cfg.data.get("reader") or cfg.data.name), cfg.data.get("data_dir"))
+
+
+def data_digest_of(cfg: DictConfig, label_files: dict[str, str] | None = None) -> str | None:
     """The digest the configured dataset publishes of its content (the datamodule's reader and its
-    arguments); None for datasets that publish none."""
+    arguments), or that of its label files (`label_files`, hashed once by the caller); None for datasets
+    that publish none."""
+    if label_files:
+        from noisy_prompt.data.label_files import fold
+
+        return fold(label_files)
     data = cfg.data
     kwargs = data.get("reader_kwargs")
     kwargs = OmegaConf.to_container(kwargs, resolve=True) if kwargs is not None else {}
@@ -144,7 +156,7 @@ RUN_CONFIG = "run_config.json"  # the config hash and digests the checkpoints in
 
 
 def _check_checkpoint_config(cfg: DictConfig, run_dir: Path, cell: CellId, chash: str, rconf: dict, t0: float,
-                             digests: dict[str, str | None]) -> None:
+                             digests: dict[str, str | None], label_files: dict[str, str] | None = None) -> None:
     """A checkpoint is resumed only by the configuration, weights and dataset content that wrote it;
     force=true starts afresh."""
     ckpt_dir = run_dir / "checkpoints"
@@ -162,12 +174,13 @@ def _check_checkpoint_config(cfg: DictConfig, run_dir: Path, cell: CellId, chash
             write_json(run_dir / FAILED, _failure(cell, cfg, err, t0))
             raise err
         try:
-            check_digests(ckpt_dir / "last.ckpt", stored, digests, "start this cell afresh")
+            check_digests(ckpt_dir / "last.ckpt", stored, digests, "start this cell afresh", label_files)
             check_resumable(ckpt_dir / "last.ckpt")  # refused before anything heavy if it would unpickle objects
         except UserError as err:
             write_json(run_dir / FAILED, _failure(cell, cfg, err, t0))
             raise
-    write_json(run_dir / RUN_CONFIG, {"config_hash": chash, "config": rconf, **digests})
+    write_json(run_dir / RUN_CONFIG, {"config_hash": chash, "config": rconf, **digests,
+                                      **({"label_files": label_files} if label_files else {})})
 
 
 def run_cell(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -181,11 +194,12 @@ def _run_locked(cfg: DictConfig, run_dir: Path, cell: CellId) -> dict[str, Any]:
     results_path = run_dir / RESULTS
     t0 = time.time()
     chash, rconf = config_hash(cfg), result_config(cfg)
+    label_files = label_files_of(cfg)
     digests = {"weights_digest": weights_digest(str(cfg.backbone.model), cfg.backbone.get("pretrained")),
-               "data_digest": data_digest_of(cfg)}
+               "data_digest": data_digest_of(cfg, label_files)}
     if not cfg.get("force", False):
         try:
-            stored = finished_result(run_dir, chash, rconf, **digests)
+            stored = finished_result(run_dir, chash, rconf, **digests, label_files=label_files)
         except StaleCellError as err:
             write_json(run_dir / FAILED, _failure(cell, cfg, err, t0))
             raise
@@ -193,7 +207,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, cell: CellId) -> dict[str, Any]:
             log.info("cell already finished, skipping (force=true to rerun): %s", results_path)
             return stored
     (run_dir / FAILED).unlink(missing_ok=True)
-    _check_checkpoint_config(cfg, run_dir, cell, chash, rconf, t0, digests)
+    _check_checkpoint_config(cfg, run_dir, cell, chash, rconf, t0, digests, label_files)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     loggers: list = []
     trainer = None
@@ -241,6 +255,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, cell: CellId) -> dict[str, Any]:
             "config_hash": chash,
             "config": rconf,
             **digests,
+            **({"label_files": label_files} if label_files else {}),  # what data_digest folds, per file
             "versions": versions(),
             "git_rev": git_revision(),
             "world_size": trainer.world_size,
