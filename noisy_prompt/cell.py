@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from noisy_prompt.errors import UserError
+
 log = logging.getLogger(__name__)
 
 RESULTS = "results.json"
@@ -55,11 +57,11 @@ TAG_CHARS = 120
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+\-]")
 
 
-class StaleCellError(RuntimeError):
+class StaleCellError(UserError, RuntimeError):
     """The cell dir holds a result made with a different configuration than this run's."""
 
 
-class CellLockedError(RuntimeError):
+class CellLockedError(UserError, RuntimeError):
     """Another process holds the cell's lock."""
 
 
@@ -321,28 +323,41 @@ def config_diff(old: Mapping[str, Any], new: Mapping[str, Any], limit: int = 8) 
 # What each digest of a run's record names, for the messages (task._run_locked fills them).
 DIGEST_WHAT = {
     "weights_digest": ("backbone weights", "the backbone's name", "a rebuilt built-in world"),
-    "data_digest": ("dataset content", "the dataset's name and reader arguments", "an edited built-in world"),
+    "data_digest": ("dataset content", "the dataset's name and reader arguments",
+                    "an edited built-in world or a replaced label file"),
 }
 
 
-def check_digests(path: Path, stored: Mapping[str, Any], digests: Mapping[str, str | None], redo: str) -> None:
+def changed_label_files(old: Mapping[str, str] | None, new: Mapping[str, str] | None) -> list[str]:
+    """One line per label file whose sha256 differs between two records' `label_files` (or is in one only)."""
+    old, new = dict(old or {}), dict(new or {})
+    return [f"label file {k}: sha256 {old.get(k, '<absent>')} -> {new.get(k, '<absent>')}"
+            for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+def check_digests(path: Path, stored: Mapping[str, Any], digests: Mapping[str, str | None], redo: str,
+                  label_files: Mapping[str, str] | None = None) -> None:
     """Raise StaleCellError when `stored` (a record read from `path`) was made with other weights or
     dataset content than `digests` (DIGEST_WHAT's keys), each checked when both sides have one; warn
-    when the record predates a digest this run has. `redo` says what force=true does there."""
+    when the record predates a digest this run has. `redo` says what force=true does there. With this
+    run's `label_files` (and the record's), the message names each label file that changed."""
     for key, now in digests.items():
         what, same, example = DIGEST_WHAT[key]
         old = stored.get(key)
         if now is not None and old is not None and old != now:
+            files = changed_label_files(stored.get("label_files"), label_files) if key == "data_digest" else []
             raise StaleCellError(
                 f"{path} was made with other {what} ({key} {old}, this run {now}; {same} and the rest "
-                f"of the config are the same, e.g. {example})\nRerun with force=true to {redo}, or "
-                "pick another sweep=NAME to keep both.")
+                f"of the config are the same, e.g. {example})"
+                + "".join(f"\n  {line}" for line in files)
+                + f"\nRerun with force=true to {redo}, or pick another sweep=NAME to keep both.")
         if now is not None and old is None:
             log.warning("%s predates %s: reused without checking that it used this run's %s", path, key, what)
 
 
 def finished_result(run_dir: Path, config_hash: str, config: Mapping[str, Any] | None = None,
-                    weights_digest: str | None = None, data_digest: str | None = None) -> dict | None:
+                    weights_digest: str | None = None, data_digest: str | None = None,
+                    label_files: Mapping[str, str] | None = None) -> dict | None:
     """The stored results.json when it was made by this very configuration; None when there is none.
 
     Raises StaleCellError when the dir holds a result of another configuration (the preset changed
@@ -355,7 +370,8 @@ def finished_result(run_dir: Path, config_hash: str, config: Mapping[str, Any] |
         return None
     stored = read_json(path)
     if stored.get("config_hash") == config_hash:
-        check_digests(path, stored, {"weights_digest": weights_digest, "data_digest": data_digest}, "replace it")
+        check_digests(path, stored, {"weights_digest": weights_digest, "data_digest": data_digest}, "replace it",
+                      label_files)
         return stored
     diff = config_diff(stored.get("config") or {}, config or {}) if config is not None else []
     raise StaleCellError(

@@ -9,6 +9,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from noisy_prompt.errors import UserError
+
+
+class DDPInMultirunError(UserError, RuntimeError):
+    """trainer.strategy=ddp with several devices inside a multirun."""
+
 
 def _device_count(devices) -> int:
     if isinstance(devices, int):
@@ -29,7 +35,7 @@ def check_strategy(cfg: DictConfig) -> None:
     if _device_count(cfg.trainer.get("devices", 1)) <= 1 and int(cfg.trainer.get("num_nodes", 1)) <= 1:
         return
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        raise RuntimeError(
+        raise DDPInMultirunError(
             "trainer.strategy=ddp with more than one device inside a Hydra multirun (-m) would re-launch the whole "
             "sweep once per extra rank. Use one of: trainer=ddp_spawn inside multirun; plain trainer=ddp (or torchrun) "
             "for a single run without -m; or one GPU per job (trainer.devices=1) with jobs in parallel."

@@ -25,6 +25,22 @@ import numpy as np
 import torch
 
 
+def check_resumable(path: str | Path) -> None:
+    """Raise `UnsafeFileError` when `path` cannot be read with torch.load(weights_only=True).
+
+    The project's checkpoints hold tensors, numbers, strings and containers only, so a file that needs
+    more was not written by it (e.g. dropped into the run dir) and unpickling it could run code. Checked
+    with mmap (the tensors are not read) before the run builds anything; Lightning then loads it with
+    weights_only=True as well."""
+    import zipfile
+
+    from noisy_prompt.errors import safe_torch_load
+
+    safe_torch_load(path, what="checkpoint", mmap=zipfile.is_zipfile(path),
+                    remedy=f"Delete {path} (or rerun with force=true) to start this cell afresh; the run dir's "
+                           "other files are kept.")
+
+
 class ResumeCheckpoint(Checkpoint):
     """Writes `<dirpath>/last.ckpt` after every training epoch; its state is the global RNG state."""
 
@@ -42,7 +58,9 @@ class ResumeCheckpoint(Checkpoint):
         folder = Path(self.dirpath or Path(trainer.default_root_dir) / "checkpoints")
         final = folder / self.filename
         tmp = folder / f".{self.filename}.tmp"
-        trainer.save_checkpoint(str(tmp))  # collective: every rank calls it, rank 0 writes
+        # weights_only=False: the full training state (optimiser, loops, callbacks), said explicitly, which
+        # also keeps Lightning's "weights_only was not set" notice out of the run's log.
+        trainer.save_checkpoint(str(tmp), weights_only=False)  # collective: every rank calls it, rank 0 writes
         if trainer.is_global_zero:
             os.replace(tmp, final)  # never a half-written last.ckpt
         trainer.strategy.barrier("ResumeCheckpoint")

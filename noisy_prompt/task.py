@@ -26,7 +26,9 @@ from noisy_prompt.cell import (FAILED, RESULTS, CellId, StaleCellError, cell_loc
 from noisy_prompt.clip.factory import weights_digest
 from noisy_prompt.config import config_hash, ctor_kwargs, result_config
 from noisy_prompt.data.readers import data_digest
+from noisy_prompt.errors import ConfigError, UserError
 from noisy_prompt.reporting.results import git_revision, versions
+from noisy_prompt.resume import check_resumable
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +41,15 @@ def max_epochs_of(cfg: DictConfig) -> int:
     """
     value = cfg.trainer.get("max_epochs")
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"trainer.max_epochs must be a positive integer, got {value!r}: set the number of "
+        raise ConfigError(f"trainer.max_epochs must be a positive integer, got {value!r}: set the number of "
                          "epochs with model.max_epochs=<n> (trainer.max_epochs follows it)")
     steps = cfg.trainer.get("max_steps")
     if steps not in (None, -1):
-        raise ValueError(f"trainer.max_steps={steps} is not supported: the LR and alpha schedules are per epoch; "
+        raise ConfigError(f"trainer.max_steps={steps} is not supported: the LR and alpha schedules are per epoch; "
                          "set model.max_epochs=<n> instead")
     overrides = parse_settings(task_overrides(cfg))
     if "model.max_epochs" in overrides and "trainer.max_epochs" in overrides and int(cfg.model.max_epochs) != value:
-        raise ValueError(f"model.max_epochs={cfg.model.max_epochs} and trainer.max_epochs={value} disagree: "
+        raise ConfigError(f"model.max_epochs={cfg.model.max_epochs} and trainer.max_epochs={value} disagree: "
                          "set only model.max_epochs")
     return int(value)
 
@@ -56,7 +58,7 @@ def check_backbone(cfg: DictConfig) -> None:
     """The synthetic world's tiny CLIP on a real dataset would report meaningless numbers without error."""
     if cfg.backbone.get("synthetic_world_only", False) and cfg.data.get("real_images", False) \
             and not cfg.get("allow_synthetic_backbone", False):
-        raise ValueError(f"backbone={cfg.backbone.name} is the synthetic world's 32-pixel CLIP; data={cfg.data.name} "
+        raise ConfigError(f"backbone={cfg.backbone.name} is the synthetic world's 32-pixel CLIP; data={cfg.data.name} "
                          "is a real dataset. Leave backbone at the dataset's default (its paper's CLIP) or pick one "
                          "(backbone=vit_b16|vit_b32|rn50|siglip); allow_synthetic_backbone=true forces it (tests).")
 
@@ -82,9 +84,21 @@ def build_datamodule(cfg: DictConfig, clip_bundle=None):
     return get_class(target)(**kwargs, noise=noise, backbone=backbone, seed=int(cfg.seed), clip_bundle=clip_bundle)
 
 
-def data_digest_of(cfg: DictConfig) -> str | None:
+def label_files_of(cfg: DictConfig) -> dict[str, str] | None:
+    """{label file relative to the data root: sha256} of the configured real dataset (None: none to pin)."""
+    from noisy_prompt.data.label_files import label_file_hashes
+
+    return label_file_hashes(str(cfg.data.get("reader") or cfg.data.name), cfg.data.get("data_dir"))
+
+
+def data_digest_of(cfg: DictConfig, label_files: dict[str, str] | None = None) -> str | None:
     """The digest the configured dataset publishes of its content (the datamodule's reader and its
-    arguments); None for datasets that publish none."""
+    arguments), or that of its label files (`label_files`, hashed once by the caller); None for datasets
+    that publish none."""
+    if label_files:
+        from noisy_prompt.data.label_files import fold
+
+        return fold(label_files)
     data = cfg.data
     kwargs = data.get("reader_kwargs")
     kwargs = OmegaConf.to_container(kwargs, resolve=True) if kwargs is not None else {}
@@ -142,7 +156,7 @@ RUN_CONFIG = "run_config.json"  # the config hash and digests the checkpoints in
 
 
 def _check_checkpoint_config(cfg: DictConfig, run_dir: Path, cell: CellId, chash: str, rconf: dict, t0: float,
-                             digests: dict[str, str | None]) -> None:
+                             digests: dict[str, str | None], label_files: dict[str, str] | None = None) -> None:
     """A checkpoint is resumed only by the configuration, weights and dataset content that wrote it;
     force=true starts afresh."""
     ckpt_dir = run_dir / "checkpoints"
@@ -160,11 +174,13 @@ def _check_checkpoint_config(cfg: DictConfig, run_dir: Path, cell: CellId, chash
             write_json(run_dir / FAILED, _failure(cell, cfg, err, t0))
             raise err
         try:
-            check_digests(ckpt_dir / "last.ckpt", stored, digests, "start this cell afresh")
-        except StaleCellError as err:
+            check_digests(ckpt_dir / "last.ckpt", stored, digests, "start this cell afresh", label_files)
+            check_resumable(ckpt_dir / "last.ckpt")  # refused before anything heavy if it would unpickle objects
+        except UserError as err:
             write_json(run_dir / FAILED, _failure(cell, cfg, err, t0))
             raise
-    write_json(run_dir / RUN_CONFIG, {"config_hash": chash, "config": rconf, **digests})
+    write_json(run_dir / RUN_CONFIG, {"config_hash": chash, "config": rconf, **digests,
+                                      **({"label_files": label_files} if label_files else {})})
 
 
 def run_cell(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -178,11 +194,12 @@ def _run_locked(cfg: DictConfig, run_dir: Path, cell: CellId) -> dict[str, Any]:
     results_path = run_dir / RESULTS
     t0 = time.time()
     chash, rconf = config_hash(cfg), result_config(cfg)
+    label_files = label_files_of(cfg)
     digests = {"weights_digest": weights_digest(str(cfg.backbone.model), cfg.backbone.get("pretrained")),
-               "data_digest": data_digest_of(cfg)}
+               "data_digest": data_digest_of(cfg, label_files)}
     if not cfg.get("force", False):
         try:
-            stored = finished_result(run_dir, chash, rconf, **digests)
+            stored = finished_result(run_dir, chash, rconf, **digests, label_files=label_files)
         except StaleCellError as err:
             write_json(run_dir / FAILED, _failure(cell, cfg, err, t0))
             raise
@@ -190,13 +207,15 @@ def _run_locked(cfg: DictConfig, run_dir: Path, cell: CellId) -> dict[str, Any]:
             log.info("cell already finished, skipping (force=true to rerun): %s", results_path)
             return stored
     (run_dir / FAILED).unlink(missing_ok=True)
-    _check_checkpoint_config(cfg, run_dir, cell, chash, rconf, t0, digests)
+    _check_checkpoint_config(cfg, run_dir, cell, chash, rconf, t0, digests, label_files)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     loggers: list = []
     trainer = None
     ok = False
     try:
-        check_backbone(cfg)
+        from noisy_prompt.preflight import preflight
+
+        preflight(cfg)  # config, dataset and weights, all problems at once, before anything heavy
         max_epochs = max_epochs_of(cfg)
         # Loggers first, so a job that fails while building data or model still has its (closed) W&B run.
         loggers = _instantiate_group(cfg, "logger")
@@ -224,7 +243,8 @@ def _run_locked(cfg: DictConfig, run_dir: Path, cell: CellId) -> dict[str, Any]:
             last = run_dir / "checkpoints" / "last.ckpt"
             if last.is_file():
                 log.info("resuming %s from %s", cfg.cell, last)
-            trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.is_file() else None)
+            # weights_only=True: tensors and plain containers only (resume.check_resumable vetted the file)
+            trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.is_file() else None, weights_only=True)
         trainer.test(module, datamodule=dm, verbose=False)
         if (run_dir / REPORT_FILE).is_file():  # written by rank 0, also when ranks were spawned processes
             module.load_report(run_dir / REPORT_FILE)
@@ -239,6 +259,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, cell: CellId) -> dict[str, Any]:
             "config_hash": chash,
             "config": rconf,
             **digests,
+            **({"label_files": label_files} if label_files else {}),  # what data_digest folds, per file
             "versions": versions(),
             "git_rev": git_revision(),
             "world_size": trainer.world_size,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +10,8 @@ import torch.nn.functional as F
 
 from noisy_prompt.losses.soft import mixup
 from noisy_prompt.methods.baselines import core
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
 
 # Four unit vectors in 2-D; cosines: 01 0.8, 02 0, 03 0.6, 12 0.6, 13 0.96, 23 0.8.
 FEATS = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [0.6, 0.8]])
@@ -121,11 +124,79 @@ def test_deft_p_yes_and_verdicts_by_hand():
     p = core.deft_p_yes(torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 0.0]]))
     torch.testing.assert_close(p, torch.tensor([[1 / (1 + math.exp(-2)), 0.5]]))
     torch.testing.assert_close(p, torch.softmax(torch.tensor([[2.0, 0.0], [0.0, 0.0]]), dim=1)[:, :1].T)
-    p_yes = torch.tensor([[0.7, 0.6], [0.4, 0.3], [0.6, 0.9]])
+    # Verdicts are read from the margin pos − neg = logit(p_yes).
+    margin = torch.logit(torch.tensor([[0.7, 0.6], [0.4, 0.3], [0.6, 0.9]], dtype=torch.float64)).float()
     labels = torch.tensor([0, 0, 0])
-    assert core.deft_clean_verdict(p_yes, labels).tolist() == [True, False, True]
-    assert core.deft_clean_verdict(p_yes, labels, require_argmax=True).tolist() == [True, False, False]
-    assert core.deft_clean_verdict(torch.tensor([[0.5, 0.1]]), torch.tensor([0])).tolist() == [False]
+    assert core.deft_clean_verdict(margin, labels).tolist() == [True, False, True]
+    assert core.deft_clean_verdict(margin, labels, require_argmax=True).tolist() == [True, False, False]
+    assert core.deft_clean_verdict(torch.tensor([[0.0, -2.0]]), torch.tensor([0])).tolist() == [False]  # p_yes 0.5
+    assert core.deft_clean_verdict(margin, labels, threshold=0.65).tolist() == [True, False, False]
+    torch.testing.assert_close(core.deft_margin(torch.tensor([[2.0, 0.0]]), torch.tensor([[0.5, 1.0]])),
+                               torch.tensor([[1.5, -1.0]]))
+
+
+def test_deft_verdicts_do_not_tie_where_p_yes_saturates():
+    # pos − neg of 18 and 25: sigmoid rounds both to exactly 1.0 in float32, so argmax over p_yes picks
+    # class 0 for both rows and the samples labelled 1 were judged noisy (DeFT's released code too).
+    pos = torch.tensor([[30.0, 37.0, 0.0], [30.0, 37.0, 0.0]])
+    neg = torch.tensor([[12.0, 12.0, 5.0], [12.0, 12.0, 5.0]])
+    assert core.deft_p_yes(pos, neg)[0, :2].tolist() == [1.0, 1.0]  # the saturation this guards against
+    margin = core.deft_margin(pos, neg)
+    labels = torch.tensor([1, 0])
+    assert core.deft_clean_verdict(margin, labels, require_argmax=True).tolist() == [True, False]
+    assert core.deft_clean_verdict(margin, labels).tolist() == [True, True]  # both above the threshold
+
+
+def _em_reference(x, iters=20_000, reg=5e-4):
+    """A direct NumPy EM for a 2-component 1-D GMM from the same median split, run for a fixed, large number of
+    iterations (no stopping rule): the converged fit the module's verdicts are compared with."""
+    import numpy as np
+
+    x = np.asarray(x, dtype=np.float64)
+    resp = np.zeros((len(x), 2))
+    order = np.argsort(x, kind="stable")
+    resp[order[: len(x) // 2], 0] = 1.0
+    resp[order[len(x) // 2:], 1] = 1.0
+    for _ in range(iters):
+        nk = resp.sum(0)
+        w, mu = nk / len(x), (resp * x[:, None]).sum(0) / nk
+        var = (resp * (x[:, None] - mu) ** 2).sum(0) / nk + reg
+        logp = -0.5 * (x[:, None] - mu) ** 2 / var - 0.5 * np.log(2 * np.pi * var) + np.log(w)
+        logp -= logp.max(1, keepdims=True)
+        resp = np.exp(logp)
+        resp /= resp.sum(1, keepdims=True)
+    return resp[:, int(np.argmin(mu))]
+
+
+def _losses_at_80_noise(n, clean_fraction, seed):
+    g = torch.Generator().manual_seed(seed)
+    nc = int(n * clean_fraction)
+    clean = torch.rand(nc, generator=g).pow(3) * 1.5  # small CE losses of the clean fifth
+    noisy = (2.0 + 0.8 * torch.randn(n - nc, generator=g)).abs()  # the mislabelled rest
+    return torch.cat([clean, noisy])
+
+
+@pytest.mark.parametrize("clean_fraction", [0.1, 0.2])
+def test_dividemix_split_is_the_converged_fit_at_80_percent_noise(clean_fraction, caplog):
+    losses = _losses_at_80_noise(2000, clean_fraction, seed=0)
+    ref = torch.as_tensor(_em_reference(core.normalise_losses(losses).numpy())) > 0.5
+    from omegaconf import OmegaConf
+
+    gmm = OmegaConf.to_container(OmegaConf.load(CONF / "model" / "dividemix.yaml").gmm)  # model=dividemix's fit
+    with caplog.at_level("WARNING", logger="noisy_prompt.methods.baselines.core"):
+        p = core.gmm_clean_probability(losses, **gmm)
+    assert "cap" not in caplog.text
+    assert float(((p > 0.5) != ref).float().mean()) < 0.005
+    # DivideMix's released settings (10 iterations, tol 1e-2) stop far from that fit here.
+    early = core.gmm_clean_probability(losses, n_iter=10, tol=1e-2)
+    assert float(((early > 0.5) != ref).float().mean()) > 0.1
+
+
+def test_gmm_cap_is_reached_only_with_a_warning(caplog):
+    losses = _losses_at_80_noise(500, 0.2, seed=1)
+    with caplog.at_level("WARNING", logger="noisy_prompt.methods.baselines.core"):
+        core.gmm_clean_probability(losses, n_iter=3)
+    assert "stopped at the cap of 3 iterations" in caplog.text and "model.gmm.n_iter" in caplog.text
 
 
 def test_deft_losses_by_hand():

@@ -166,10 +166,29 @@ def test_dividemix_co_divide_is_the_gmm_of_each_network(backbone, dm):
         x = torch.cat([b["x"] for b in dm.train_eval_dataloader()])
         for net in "ab":
             losses = F.cross_entropy(m.net_logits(net, x), given, reduction="none")
-            torch.testing.assert_close(m.p_clean[net], core.gmm_clean_probability(losses, n_iter=10, tol=1e-2))
+            torch.testing.assert_close(m.p_clean[net], core.gmm_clean_probability(losses, **m.gmm_cfg))
     torch.testing.assert_close(v.score, (m.p_clean["a"] + m.p_clean["b"]) / 2)
     assert torch.equal(v.clean_mask, v.score > 0.5)
     assert extra["num_clean_a"] == float((m.p_clean["a"] > 0.5).sum())
+
+
+def test_deft_verdicts_hold_where_p_yes_saturates(backbone, dm):
+    """Every class's pos − neg above 17 (p_yes = 1.0 in float32), the given label's the largest: every sample
+    is clean, also under the real-noise argmax rule (read from p_yes, all classes tied and argmax picked 0)."""
+    m = _module("deft", backbone, dm, phase1={**FAST["deft"]["phase1"], "threshold": 0.5, "require_argmax": "on"})
+    given = torch.as_tensor(dm.train_labels)
+    order = {"n": 0}
+
+    def saturated(x):
+        rows = given[order["n"]: order["n"] + len(x)]
+        order["n"] += len(x)
+        pos = 30.0 + 7.0 * F.one_hot(rows, m.num_classes).float()
+        return pos, torch.full_like(pos, 12.0)
+
+    m.prompt_logits = saturated
+    v, _ = m.score_training_set(dm)
+    assert torch.equal(v.given, given) and bool((given != 0).any())
+    assert bool(v.clean_mask.all()), f"{int((~v.clean_mask).sum())} of {len(given)} judged noisy"
 
 
 # ------------------------------------------------------------------------------------- training

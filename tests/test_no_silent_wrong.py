@@ -289,7 +289,10 @@ def test_synthetic_backbone_on_real_data_is_refused_unless_allowed(tmp_path):
 
     cfg = _compose(["model=dpsep", "data=ucf101", "noise=inst60", "backbone=synthetic", "logger=none",
                     f"paths.log_dir={tmp_path}"], hydra_node=False)
-    with pytest.raises(ValueError, match="backbone=synthetic is the synthetic world's 32-pixel CLIP"):
+    from noisy_prompt.errors import UserError
+
+    # reported with the other problems the preflight finds (here also the dataset, absent from ./data)
+    with pytest.raises(UserError, match="backbone=synthetic is the synthetic world's 32-pixel CLIP"):
         run_cell(cfg, Path(cfg.run_dir))
     assert "32-pixel" in json.loads((Path(cfg.run_dir) / "failed.json").read_text())["error"]
     check_backbone(_compose(["data=ucf101", "backbone=synthetic", "allow_synthetic_backbone=true"], hydra_node=False))
@@ -303,9 +306,18 @@ def test_mission_command_offline_stops_naming_the_weights(tmp_path, monkeypatch)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     cfg = _compose(["model=dpsep", "data=ucf101", "noise=inst60", "logger=none", f"paths.log_dir={tmp_path}",
                     f"paths.data_dir={tmp_path / 'nodata'}"], hydra_node=False)
-    with pytest.raises(WeightsNotFoundError) as err:
+    from noisy_prompt.errors import PreflightError
+
+    # the missing weights and the missing dataset in one message, before anything is built
+    with pytest.raises(PreflightError) as err:
         run_cell(cfg, Path(cfg.run_dir))
     assert "ViT-B-32-quickgelu" in str(err.value) and "openai" in str(err.value)
+    assert [kind for kind, _ in err.value.problems] == ["dataset", "weights"]
+    assert "split_zhou_UCF101.json" in str(err.value)
+    with pytest.raises(WeightsNotFoundError):  # the weights alone are still their own error
+        run_cell(_compose(["model=dpsep", "data=ucf101", "noise=inst60", "logger=none", f"paths.log_dir={tmp_path}",
+                           f"paths.data_dir={ft.write_ucf101(tmp_path / 'data')}"], hydra_node=False),
+                 Path(cfg.run_dir))
 
 
 # ---------------------------------------------------------------------------------------------- 5

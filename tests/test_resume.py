@@ -106,6 +106,10 @@ def test_sigkill_mid_training_resumes_from_last_epoch_and_ends_equal(tiny_backbo
     resumed = _run(args, env, cwd)  # the same command again
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Restoring states from the checkpoint" in resumed.stderr
+    # saved and loaded with weights_only said explicitly: no Lightning notice about it, on screen or in the log
+    for proc in (ref, killed, resumed):
+        assert "weights_only" not in proc.stderr + proc.stdout
+    assert "weights_only" not in (run_dir / "run.log").read_text()
     report = json.loads((run_dir / "module_report.json").read_text())
     assert len(report["history"]["train/loss"]) == 1  # only epoch 3 ran in the resumed process
 

@@ -17,6 +17,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from noisy_prompt.errors import UserError
+
 log = logging.getLogger(__name__)
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "synthetic" / "weights"
@@ -24,8 +26,8 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-class WeightsNotFoundError(RuntimeError):
-    pass
+class WeightsNotFoundError(UserError, RuntimeError):
+    """The backbone's weights are not where the config says (or not in the download cache offline)."""
 
 
 @dataclass
@@ -112,6 +114,56 @@ def _how_to_provide(model: str, pretrained: str) -> str:
     )
 
 
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def weights_problem(model: str, pretrained: str | None = None, *, allow_random: bool = False, name: str | None = None,
+                    check_cache: bool = True, **_: Any) -> WeightsNotFoundError | None:
+    """What stops `create_clip` from finding the weights, found without building the model (None: nothing).
+
+    Checks the name's form, a checkpoint file or local-dir folder, and (`check_cache`) an open_clip tag: known
+    for the architecture, and, offline (HF_HUB_OFFLINE=1), already in the download cache. Online, a tag
+    that is not cached yet is not a problem: create_clip downloads it."""
+    try:
+        model_name = resolve_model_name(model)
+    except WeightsNotFoundError as err:
+        return err
+    has_schema = model_name.startswith(("local-dir:", "hf-hub:"))
+    if not has_schema and not pretrained and not allow_random:
+        return WeightsNotFoundError(
+            f"backbone '{name or model}' has no pretrained weights (backbone.pretrained is empty). "
+            "Set backbone.pretrained to a tag (e.g. openai), a checkpoint file or use backbone.model=local-dir:/path. "
+            "Random weights are only for tests (backbone.allow_random=true)."
+        )
+    if pretrained and _looks_like_path(pretrained) and not Path(pretrained).is_file():
+        return WeightsNotFoundError(
+            f"backbone '{name or model}': weights file not found: {pretrained}\n" + _how_to_provide(model, "<tag>")
+        )
+    if model_name.startswith("local-dir:"):
+        folder = Path(model_name.split(":", 1)[1])
+        if not (folder / "open_clip_config.json").is_file():
+            return WeightsNotFoundError(f"local-dir model folder {folder} has no open_clip_config.json")
+    if not check_cache or has_schema or not pretrained or _looks_like_path(pretrained):
+        return None
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
+    if not cfg:
+        known = open_clip.list_pretrained_tags_by_model(model_name)
+        return WeightsNotFoundError(f"backbone '{name or model}': open_clip has no pretrained tag '{pretrained}' for "
+                                    f"{model_name} (backbone.pretrained); known tags: {', '.join(known) or 'none'}")
+    if _offline():
+        try:
+            open_clip.pretrained.download_pretrained(cfg)  # offline: only looks in the cache
+        except Exception as err:  # huggingface_hub's cache miss comes in several types
+            return WeightsNotFoundError(
+                f"backbone '{name or model}': weights '{pretrained}' for {model_name} are not in the download cache "
+                f"(HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}) and HF_HUB_OFFLINE=1 forbids "
+                f"downloading them ({type(err).__name__}).\n" + _how_to_provide(model, pretrained))
+    return None
+
+
 def create_clip(
     model: str,
     pretrained: str | None = None,
@@ -128,22 +180,11 @@ def create_clip(
     """
     import open_clip
 
+    problem = weights_problem(model, pretrained, allow_random=allow_random, name=name, check_cache=False)
+    if problem is not None:
+        raise problem
     model_name = resolve_model_name(model)
     has_schema = model_name.startswith(("local-dir:", "hf-hub:"))
-    if not has_schema and not pretrained and not allow_random:
-        raise WeightsNotFoundError(
-            f"backbone '{name or model}' has no pretrained weights (backbone.pretrained is empty). "
-            "Set backbone.pretrained to a tag (e.g. openai), a checkpoint file or use backbone.model=local-dir:/path. "
-            "Random weights are only for tests (backbone.allow_random=true)."
-        )
-    if pretrained and _looks_like_path(pretrained) and not Path(pretrained).is_file():
-        raise WeightsNotFoundError(
-            f"backbone '{name or model}': weights file not found: {pretrained}\n" + _how_to_provide(model, "<tag>")
-        )
-    if model_name.startswith("local-dir:"):
-        folder = Path(model_name.split(":", 1)[1])
-        if not (folder / "open_clip_config.json").is_file():
-            raise WeightsNotFoundError(f"local-dir model folder {folder} has no open_clip_config.json")
     try:
         clip = open_clip.create_model(
             model_name,

@@ -8,8 +8,10 @@ from typing import Any, Callable, Sequence
 
 from PIL import Image, UnidentifiedImageError
 
+from noisy_prompt.errors import UserError
 
-class DatasetLayoutError(FileNotFoundError):
+
+class DatasetLayoutError(UserError, FileNotFoundError):
     """A dataset folder does not match the layout a reader expects.
 
     The message lists every missing path, the expected layout and where the data comes from, so a
@@ -35,7 +37,7 @@ def verify_hint(dataset: str) -> str:
             "paths.data_dir=<root>` (add --quick for a size-only check).")
 
 
-class ImageReadError(RuntimeError):
+class ImageReadError(UserError, RuntimeError):
     """An image a split lists is missing, unreadable or truncated; names dataset, split and file."""
 
     def __init__(self, dataset: str, split: str, item: Any, problem: str):
@@ -43,7 +45,7 @@ class ImageReadError(RuntimeError):
         super().__init__(f"dataset '{dataset or '?'}', split '{split or '?'}': {problem}: {item}\n{verify_hint(dataset)}")
 
 
-class EmptyClassError(ValueError):
+class EmptyClassError(UserError, ValueError):
     """A class of a split has no images (e.g. an emptied ImageNet class folder)."""
 
 
@@ -76,6 +78,9 @@ class ImageSplit:
     split: str = ""
     # Where item i was listed (e.g. "train.csv:12" for a user's CSV), for error messages; None = the item itself.
     origins: list[str] | None = None
+    # Where each class's images come from on disk (a folder per class, e.g. ImageNet's wnid folders), for
+    # messages; None where the classes have no folder of their own.
+    class_sources: list[str] | None = None
 
     def __post_init__(self):
         if len(self.items) != len(self.labels):
@@ -130,7 +135,9 @@ class ImageSplit:
         for y in self.labels:
             if 0 <= int(y) < len(counts):
                 counts[int(y)] += 1
-        empty = [f"{c} ({self.classnames[c]})" for c, n in enumerate(counts) if n == 0]
+        src = self.class_sources if self.class_sources and len(self.class_sources) == len(counts) else None
+        empty = [f"{c} ({self.classnames[c]})" + (f" in folder {src[c]}" if src else "")
+                 for c, n in enumerate(counts) if n == 0]
         if empty:
             more = f" and {len(empty) - 10} more" if len(empty) > 10 else ""
             raise EmptyClassError(f"dataset '{self.dataset or '?'}', split '{self.split or '?'}': {len(empty)} of "
@@ -150,6 +157,7 @@ class ImageSplit:
             dataset=self.dataset,
             split=self.split,
             origins=None if self.origins is None else [self.origins[i] for i in idx],
+            class_sources=self.class_sources,
         )
 
 

@@ -65,6 +65,35 @@ def plain(value: Any, where: str = "hparams") -> Any:
 TEST_PREDICTIONS_FILE = "test_predictions.pt"
 
 
+def _number(value) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def range_problems(node: dict, key: str, rules: dict[str, tuple[float, float, bool, str]]) -> list[str]:
+    """One line per entry of `node` outside its rule {name: (low, high, low_inclusive, expected)}; absent keys
+    are skipped (their defaults are valid). Each line names the full key, the value and what was expected."""
+    out = []
+    for name, (low, high, low_inclusive, expected) in rules.items():
+        if name not in node or node[name] is None:
+            continue
+        v = _number(node[name])
+        if v is None or v != v or not (v >= low if low_inclusive else v > low) or not v <= high:
+            out.append(f"{key}.{name}={node[name]!r}: expected {expected}")
+    return out
+
+
+OPTIM_RULES = {"lr": (0.0, float("inf"), False, "a learning rate > 0"),
+               "momentum": (0.0, 1.0, True, "a number in [0, 1]"),
+               "weight_decay": (0.0, float("inf"), True, "a number >= 0"),
+               "warmup_epochs": (0.0, float("inf"), True, "an integer >= 0"),
+               "warmup_lr": (0.0, float("inf"), True, "a number >= 0")}
+
+
 class ClassifierModule(L.LightningModule):
     """Base class. Subclasses implement `logits(x)` and, if they train, `training_step`.
 
@@ -121,6 +150,17 @@ class ClassifierModule(L.LightningModule):
         # records (weights digest, feature precision, ...). None: no predictor file (tests, library use).
         self.predictor_path: str | None = None
         self.predictor_meta: dict[str, Any] = {}
+
+    @classmethod
+    def config_problems(cls, config: dict) -> list[str]:
+        """Problems with this method's constructor arguments (the resolved model config plus max_epochs),
+        each naming its key and what was expected; [] when fine. The preflight calls it before anything is
+        built; a method adds its own keys' checks by extending it (and may call it from its constructor)."""
+        optim = config.get("optim") or {}
+        out = range_problems(optim, "model.optim", OPTIM_RULES)
+        if "name" in optim and optim["name"] not in ("sgd", "adamw"):
+            out.append(f"model.optim.name={optim['name']!r}: expected 'sgd' or 'adamw'")
+        return out
 
     def train(self, mode: bool = True):
         # Frozen parts stay in eval mode (RN50's BatchNorm statistics must not drift); a part with

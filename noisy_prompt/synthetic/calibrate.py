@@ -346,7 +346,9 @@ def coop_context_cosine(bundle, names: list[str], run_dir: str) -> float | None:
     ckpts = sorted(Path(run_dir).rglob("*.ckpt"))
     if not ckpts:
         return None
-    state = torch.load(ckpts[-1], map_location="cpu", weights_only=False)["state_dict"]
+    from noisy_prompt.errors import safe_torch_load
+
+    state = safe_torch_load(ckpts[-1], what="checkpoint", remedy=f"Delete {ckpts[-1]} and rerun that cell.")["state_dict"]
     ctx = state.get("ctx")
     if ctx is None:
         return None

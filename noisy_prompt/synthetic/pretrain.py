@@ -401,7 +401,10 @@ def train(cfg: PretrainConfig, *, fresh: bool = False, progress: bool = True) ->
     mean, std = None, None
     prefix = None
     if ckpt_path.exists() and not fresh:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        from noisy_prompt.errors import safe_torch_load
+
+        ckpt = safe_torch_load(ckpt_path, what="pretraining checkpoint",
+                               remedy=f"Delete {ckpt_path} or pass --fresh to start the pretraining over.")
         if ckpt["settings"] != settings:
             raise SystemExit(
                 f"{ckpt_path} was written with other settings; rerun with the same settings to resume, "

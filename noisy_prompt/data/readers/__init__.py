@@ -35,7 +35,8 @@ READERS: dict[str, str] = {
 
 # Datasets that can name their content cheaply publish a digest of it (module:function taking the
 # reader's root and kwargs); a run records it and never reuses a result of other content. The built-in
-# world hashes its code; a real dataset on disk has none here (hashing its files would cost a full read).
+# world hashes its code; a real dataset on disk is named by its label files (data/label_files.py), not
+# its images (hashing those would cost a full read).
 DIGESTS: dict[str, str] = {
     "synthetic": "noisy_prompt.synthetic.dataset:content_digest",
     "folder": "noisy_prompt.data.readers.generic:folder_digest",  # the file list, not the pixels
@@ -59,9 +60,13 @@ def read_dataset(name: str, root: str | Path | None = None, **kwargs) -> Dataset
 
 
 def data_digest(name: str, root: str | Path | None = None, **kwargs) -> str | None:
-    """The digest dataset `name` publishes of its content (DIGESTS), or None when it publishes none."""
+    """The digest dataset `name` publishes of its content (DIGESTS), else the digest of its label files
+    (label_files.LABEL_FILES), or None when it has neither (or a label file is missing)."""
     get_reader(name)  # an unknown name fails here, with the list of known ones
     if name not in DIGESTS:
-        return None
+        from noisy_prompt.data.label_files import fold, label_file_hashes
+
+        hashes = label_file_hashes(name, root)
+        return None if not hashes else fold(hashes)
     module, fn = DIGESTS[name].split(":")
     return getattr(importlib.import_module(module), fn)(root, **kwargs)

@@ -361,7 +361,9 @@ def read_imagenet(root: Path | str) -> DatasetSplits:
             files = list_files(split_dir / wnid)
             paths += files
             labels += [label] * len(files)
-        return file_split(data_root, paths, labels, classnames)
+        split = file_split(data_root, paths, labels, classnames)
+        split.class_sources = [str(split_dir / w) for w in wnids]  # an empty class names its folder
+        return split
 
     return DatasetSplits(
         name="imagenet", train=part(train_dir), val=None, test=part(val_dir), templates=templates_for("imagenet")

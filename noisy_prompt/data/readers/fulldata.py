@@ -9,7 +9,6 @@ CIFAR-100 lives in memory: items are row indices and the loader is an ArrayImage
 """
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from noisy_prompt.data.base import DatasetLayoutError, DatasetSplits, ImageSplit
+from noisy_prompt.errors import SafeUnpickler
 from noisy_prompt.data.readers.coop import (
     as_data_root,
     clean_classname,
@@ -70,8 +70,8 @@ class ArrayImageLoader:
 
 
 def _unpickle(path: Path, keys: Sequence[str]) -> dict[str, Any]:
-    with open(path, "rb") as f:
-        obj = pickle.load(f, encoding="latin1")
+    # Arrays, lists and strings only: a replaced pickle cannot run code (errors.SafeUnpickler).
+    obj = SafeUnpickler.load(path, encoding="latin1")
     absent = [k for k in keys if not isinstance(obj, dict) or k not in obj]
     if absent:
         got = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
@@ -306,6 +306,7 @@ def read_webvision(root: Path | str) -> DatasetSplits:
         paths += files
         labels += [c] * len(files)
     ilsvrc = file_split(data_root, paths, labels, names)
+    ilsvrc.class_sources = [str(d) for d in ilsvrc_dirs]
     return DatasetSplits(
         name="webvision", train=train, val=None, test=test, extra_tests={"ilsvrc12": ilsvrc},
         templates=templates_for("webvision"),
@@ -357,6 +358,8 @@ def read_food101n(root: Path | str) -> DatasetSplits:
         paths += files
         labels += [label_of[clean_classname(folder)]] * len(files)
     train = file_split(data_root, paths, labels, classnames)
+    train.class_sources = [str(noisy_dir / folder) for folder in sorted(folders, key=lambda f: label_of[clean_classname(f)])] \
+        if len(folders) == len(classnames) else None
     test_rows = split["test"]
     test = file_split(
         data_root, [food_dir / "images" / r for r, _, _ in test_rows], [y for _, y, _ in test_rows], classnames

@@ -21,6 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from noisy_prompt.clip.prompt_encoder import PromptTextEncoder
+from noisy_prompt.errors import ConfigError
+from noisy_prompt.methods.base import _number as _number_or_none
+from noisy_prompt.methods.base import range_problems
 from noisy_prompt.methods.selection import training_set_pass
 from noisy_prompt.methods.schedules import warmup_cosine_factor
 
@@ -58,30 +61,43 @@ def deep_prompt_forward(visual: nn.Module, x: Tensor, prompts: Tensor) -> Tensor
     return pooled
 
 
-def _auto(value: str, key: str) -> str:
-    if value not in AUTO_BOOL:
-        raise ValueError(f"model.phase1.{key} must be one of {AUTO_BOOL}, got {value!r}")
-    return value
+PHASE1_DEFAULTS = {"epochs": 10, "lr": 0.03, "momentum": 0.9, "weight_decay": 5e-4, "warmup": "auto", "n_ctx": 16,
+                   "ctx_std": 0.02, "vpt_tokens": 20, "threshold": 0.5, "require_argmax": "auto", "sce": "auto",
+                   "sce_alpha": 1.0, "sce_beta": 1.0}
+PHASE1_RULES = {"lr": (0.0, float("inf"), False, "a learning rate > 0"), "momentum": (0.0, 1.0, True, "a number in [0, 1]"),
+                "weight_decay": (0.0, float("inf"), True, "a number >= 0"), "n_ctx": (1, float("inf"), True, "an integer >= 1"),
+                "ctx_std": (0.0, float("inf"), True, "a number >= 0"), "vpt_tokens": (0, float("inf"), True, "an integer >= 0"),
+                "threshold": (0.0, 1.0, True, "a probability in [0, 1]")}
 
 
 class DeFT(BaselineModule):
     single_device_only = True
 
-    def __init__(self, phase1: dict | None = None, **kwargs):
-        cfg = {"epochs": 10, "lr": 0.03, "momentum": 0.9, "weight_decay": 5e-4, "warmup": "auto", "n_ctx": 16,
-               "ctx_std": 0.02, "vpt_tokens": 20, "threshold": 0.5, "require_argmax": "auto", "sce": "auto",
-               "sce_alpha": 1.0, "sce_beta": 1.0, **dict(phase1 or {})}
+    @classmethod
+    def config_problems(cls, config: dict) -> list[str]:
+        """Phase 1's keys and ranges, and the epochs of the two phases (model.max_epochs is their total)."""
+        out = super().config_problems(config)
+        cfg = {**PHASE1_DEFAULTS, **dict(config.get("phase1") or {})}
         unknown = set(cfg) - PHASE1_KEYS
         if unknown:
-            raise ValueError(f"model.phase1: unknown keys {sorted(unknown)}; expected {sorted(PHASE1_KEYS)}")
-        _auto(cfg["require_argmax"], "require_argmax")
-        _auto(cfg["sce"], "sce")
-        if cfg["warmup"] != "auto" and int(cfg["warmup"]) < 0:
-            raise ValueError(f"model.phase1.warmup must be 'auto' or >= 0, got {cfg['warmup']!r}")
-        total = int(kwargs.get("max_epochs", 1))
-        if int(cfg["epochs"]) < 1 or total <= int(cfg["epochs"]):
-            raise ValueError(f"DeFT runs phase 1 then phase 2 in one run: model.max_epochs ({total}) must exceed "
-                             f"model.phase1.epochs ({cfg['epochs']}), and phase 1 needs at least 1 epoch")
+            out.append(f"model.phase1: unknown keys {sorted(unknown)}; expected {sorted(PHASE1_KEYS)}")
+        for key in ("require_argmax", "sce"):
+            if cfg[key] not in AUTO_BOOL:
+                out.append(f"model.phase1.{key} must be one of {AUTO_BOOL}, got {cfg[key]!r}")
+        if cfg["warmup"] != "auto" and (_number_or_none(cfg["warmup"]) is None or int(cfg["warmup"]) < 0):
+            out.append(f"model.phase1.warmup must be 'auto' or an integer >= 0, got {cfg['warmup']!r}")
+        out += range_problems(cfg, "model.phase1", PHASE1_RULES)
+        total, first = _number_or_none(config.get("max_epochs", 1)), _number_or_none(cfg["epochs"])
+        if first is None or total is None or first < 1 or total <= first:
+            out.append(f"DeFT runs phase 1 then phase 2 in one run: model.max_epochs ({config.get('max_epochs', 1)}) "
+                       f"must exceed model.phase1.epochs ({cfg['epochs']}), and phase 1 needs at least 1 epoch")
+        return out
+
+    def __init__(self, phase1: dict | None = None, **kwargs):
+        cfg = {**PHASE1_DEFAULTS, **dict(phase1 or {})}
+        problems = self.config_problems({**kwargs, "phase1": cfg})
+        if problems:
+            raise ConfigError("; ".join(problems))
         super().__init__(**kwargs)
         self.automatic_optimization = False
         self.p1 = cfg
@@ -137,8 +153,9 @@ class DeFT(BaselineModule):
         w = self.p1["warmup"]
         return (5 if self.noise_protocol() == "real" else 1) if w == "auto" else int(w)
 
-    def verdict(self, p_yes: Tensor, labels: Tensor) -> Tensor:
-        return core.deft_clean_verdict(p_yes, labels, float(self.p1["threshold"]), self._real("require_argmax"))
+    def verdict(self, margin: Tensor, labels: Tensor) -> Tensor:
+        """From the margin pos − neg (core.deft_margin), which does not saturate as p_yes does."""
+        return core.deft_clean_verdict(margin, labels, float(self.p1["threshold"]), self._real("require_argmax"))
 
     # ---- optimisers -----------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -186,7 +203,7 @@ class DeFT(BaselineModule):
 
     def _p_yes_outputs(self, x: Tensor) -> dict[str, Tensor]:
         pos, neg = self.prompt_logits(x)
-        return {"p_yes": core.deft_p_yes(pos, neg), "pos": pos}
+        return {"margin": core.deft_margin(pos, neg), "pos": pos}
 
     def score_training_set(self, dm: Any = None) -> tuple[Verdicts, dict[str, float]]:
         if self.final_verdicts is not None:
@@ -197,15 +214,15 @@ class DeFT(BaselineModule):
             out, given, clean, dm = training_set_pass(self, self._p_yes_outputs, dm, desc="DeFT detection")
         finally:
             self.phase = saved
-        p_yes = out["p_yes"]
-        mask = self.verdict(p_yes, given)
+        margin = out["margin"]
+        mask = self.verdict(margin, given)
         # The suggested label is the positive-prompt classifier's prediction (the target DeFT trains a
         # noisy sample towards after warm-up). argmax_k p_yes_k is not a classifier: each p_yes_k is a
         # separate yes/no score, and its argmax scored below chance on the synthetic world.
         confidence, suggested = out["pos"].softmax(dim=1).max(dim=1)
         true = self.known_true(dm, clean)
-        v = Verdicts(self.phase1_epochs, given, true, mask, p_yes.gather(1, given[:, None]).squeeze(1), suggested,
-                     confidence)
+        p_yes_given = torch.sigmoid(margin.gather(1, given[:, None]).squeeze(1))  # label_issues' q_score
+        v = Verdicts(self.phase1_epochs, given, true, mask, p_yes_given, suggested, confidence)
         return v, {"final_detection": 1.0}
 
     def on_train_epoch_end(self) -> None:
@@ -245,8 +262,7 @@ class DeFT(BaselineModule):
         if self.phase == 1:
             pos, neg = self.prompt_logits(x)
             with torch.no_grad():
-                p_yes = core.deft_p_yes(pos, neg)
-                clean = self.verdict(p_yes, y)
+                clean = self.verdict(core.deft_margin(pos, neg), y)
             self._remember(batch["index"].long(), clean, y, batch["clean_label"].long().to(y.device))
             warm = self.current_epoch < self.warmup_epochs
             comp = core.complementary_labels(y, self.num_classes, self.mix_generator)

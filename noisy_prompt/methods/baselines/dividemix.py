@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from noisy_prompt.losses import soft_cross_entropy
+from noisy_prompt.methods.base import range_problems
 from noisy_prompt.methods.selection import training_set_pass
 from noisy_prompt.methods.schedules import warmup_cosine_factor
 
@@ -33,6 +34,27 @@ GMM_KEYS = {"n_iter", "tol", "reg_covar"}
 class DivideMix(BaselineModule):
     single_device_only = True
 
+    @classmethod
+    def config_problems(cls, config: dict) -> list[str]:
+        out = super().config_problems(config)
+        out += range_problems(config, "model", {
+            "warmup_epochs": (0, float("inf"), True, "an integer >= 0"),
+            "p_threshold": (0.0, 1.0, False, "a probability in (0, 1)"),
+            "temperature": (0.0, float("inf"), False, "a number > 0"),
+            "mixup_alpha": (0.0, float("inf"), False, "a number > 0"),
+            "lambda_u": (0.0, float("inf"), True, "a number >= 0"),
+            "lambda_prior": (0.0, float("inf"), True, "a number >= 0")})
+        if config.get("confidence_penalty", "auto") not in PENALTY_MODES:
+            out.append(f"model.confidence_penalty must be one of {PENALTY_MODES}, got {config['confidence_penalty']!r}")
+        gmm = dict(config.get("gmm") or {})
+        unknown = set(gmm) - GMM_KEYS
+        if unknown:
+            out.append(f"model.gmm: unknown keys {sorted(unknown)}; expected {sorted(GMM_KEYS)}")
+        out += range_problems(gmm, "model.gmm", {"n_iter": (1, float("inf"), True, "an integer >= 1 (the EM cap)"),
+                                                 "tol": (0.0, float("inf"), True, "a number >= 0"),
+                                                 "reg_covar": (0.0, float("inf"), True, "a number >= 0")})
+        return out
+
     def __init__(self, warmup_epochs: int = 1, p_threshold: float = 0.5, temperature: float = 0.5,
                  mixup_alpha: float = 4.0, lambda_u: float = 25.0, rampup_epochs: float = 16.0,
                  lambda_prior: float = 1.0, confidence_penalty: str = "auto", head_jitter: float = 0.1,
@@ -42,7 +64,7 @@ class DivideMix(BaselineModule):
                              f"got {warmup_epochs}, {p_threshold}, {temperature}")
         if confidence_penalty not in PENALTY_MODES:
             raise ValueError(f"model.confidence_penalty must be one of {PENALTY_MODES}, got {confidence_penalty!r}")
-        gmm_cfg = {"n_iter": 10, "tol": 1e-2, "reg_covar": 5e-4, **dict(gmm or {})}
+        gmm_cfg = {"n_iter": core.GMM_MAX_ITER, "tol": core.GMM_TOL, "reg_covar": 5e-4, **dict(gmm or {})}
         unknown = set(gmm_cfg) - GMM_KEYS
         if unknown:
             raise ValueError(f"model.gmm: unknown keys {sorted(unknown)}; expected {sorted(GMM_KEYS)}")
