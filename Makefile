@@ -61,7 +61,7 @@ bench-gpu: install
 pretrain: install
 	$(ENV) OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/python -m noisy_prompt.synthetic.pretrain $(ARGS)
 
-# Targets T1-T8 of the synthetic world (spec synthetic_world.md): 3 seeds; ARGS=--quick for one seed.
+# Targets T1-T8 of the synthetic world (docs/synthetic-world.md): 3 seeds; ARGS=--quick for one seed.
 calibrate: install
 	$(TEST_ENV) $(BIN)/python -m noisy_prompt.synthetic.calibrate $(ARGS)
 

@@ -1,10 +1,10 @@
-"""Tiny fake dataset trees in the real on-disk layouts (see the data spec), for reader and end-to-end tests.
+"""Tiny fake dataset trees in the real on-disk layouts (docs/datasets.md), for reader and end-to-end tests.
 
 Every `write_<name>(root, ...)` writes below `root` (the *data root*) and returns `root`, so
 `read_<name>(write_<name>(tmp_path))` works and `paths.data_dir=<root>` points a run at it. Images are
 4x4 pixels (JPEG, some PNG, one grayscale JPEG in Animal-10N), each with its own colour. Split files
 list items grouped by ascending label (train, then val, then test), like CoOp's. The layouts are
-written from the spec, independently of the readers' constants, so that a wrong path in a reader
+written from the documented layouts, independently of the readers' constants, so that a wrong path in a reader
 fails a test. `WRITERS` maps each data config name to its writer.
 
 `n_train` may be an int (per class) or a list (per class, so classes can differ in size).

@@ -1,4 +1,4 @@
-"""The calibration command's target logic (T1-T8 of synthetic_world.md) on stubbed results sets."""
+"""The calibration command's target logic (T1-T8 of docs/synthetic-world.md) on stubbed results sets."""
 from __future__ import annotations
 
 import copy

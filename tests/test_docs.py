@@ -46,3 +46,28 @@ def test_every_relative_link_resolves():
             if not (page.parent / target).exists():
                 broken.append(f"{page.relative_to(ROOT)} -> {target}")
     assert broken == []
+
+
+def _outside_citations(path: Path, in_docs: bool) -> list[str]:
+    cite = re.compile(r"\.\./shared/|(?<![\w/-])(tango|dpsep|baselines|noise|datasets|synthetic_world|conventions)\.md")
+    bad = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for m in cite.finditer(line):
+            name = f"{m.group(1)}.md" if m.group(1) else None
+            in_repo = name is not None and (ROOT / "docs" / name).exists()
+            if in_repo and (in_docs or line[max(0, m.start() - 5):m.start()] == "docs/"):
+                continue
+            bad.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()[:80]}")
+    return bad
+
+
+def test_nothing_points_at_a_document_outside_the_repository():
+    """Users have the repository only: a comment or page citing a design document must cite docs/."""
+    bad = []
+    for top in ("noisy_prompt", "conf", "sweeps", "tests", "docs"):
+        for p in (ROOT / top).rglob("*"):
+            if p.suffix in (".py", ".yaml", ".md") and p.name != "test_docs.py":
+                bad += _outside_citations(p, in_docs=top == "docs")
+    for name in ("README.md", "Makefile"):
+        bad += _outside_citations(ROOT / name, in_docs=False)
+    assert bad == []

@@ -90,7 +90,7 @@ def test_derangement_changes_every_step_and_never_fixes_a_class(synthetic_dm_fac
     assert len(set(seen)) > 1
 
 
-# ---------------------------------------------------------------- readings (dpsep.md "Readings") and PTNL-CE
+# ---------------------------------------------------------------- readings (docs/methods.md, DP-SEP readings) and PTNL-CE
 def test_reading_presets_switch_one_thing(synthetic_dm_factory, tiny_backbone):
     dm = synthetic_dm_factory()
     defaults = {"sep_sign": "intent", "par_mode": "additive", "a_pos_reduction": "mean"}

@@ -1,4 +1,4 @@
-"""Label-noise protocols (noise.md): determinism, exact counts, mappings, few-shot construction, configs."""
+"""Label-noise protocols (docs/noise.md): determinism, exact counts, mappings, few-shot construction, configs."""
 from __future__ import annotations
 
 import json

@@ -47,7 +47,7 @@ EXPECTED_CELLS = {"dpsep_table1": 378, "dpsep_table2": 12, "dpsep_table3": 216, 
                   "tango_table1": 72, "tango_table2": 60, "tango_table3": 72, "tango_table4": 9,
                   "synthetic_mini": 6, "synthetic_dpsep": 84, "synthetic_tango": 120,
                   "dpsep_sensitivity": 84, "tango_sensitivity": 39,
-                  # readings sweeps (issue 13; their table layouts are checked in tests/test_readings.py)
+                  # readings sweeps (their table layouts are checked in tests/test_readings.py)
                   "synthetic_readings_dpsep": 108, "synthetic_readings_tango": 90, "dpsep_readings": 162,
                   "tango_readings": 54}
 READINGS_TABLES = {"synthetic_readings_dpsep", "synthetic_readings_tango", "synthetic_readings_tango_paper_recipe",

@@ -341,7 +341,7 @@ def test_purification_runs_every_epoch_and_changes(fitted):
     assert len(rec.masks) == 2 and rec.masks[0].shape == (N_TRAIN,)
     assert not torch.allclose(rec.soft[0], rec.soft[1])  # epoch 2 uses the epoch-1 weights
     assert not torch.equal(rec.masks[0], rec.masks[1])
-    # Selection is the spec's rule: mask == (argmax q == given), with the given labels in dataset order.
+    # Selection is the documented rule: mask == (argmax q == given), with the given labels in dataset order.
     assert torch.equal(m.purified.given.cpu(), torch.as_tensor(dm.train_labels))
     assert torch.equal(m.purified.true.cpu(), torch.as_tensor(dm.train_clean))
     metrics = m.extra_metrics()
@@ -435,7 +435,7 @@ PRESETS = {
     "tango_semantic_only": {"classifier": "tac", "beta": 1.0, "trainable_anchors": False, "source": "dataset"},
     "tango_trainable_anchors": {"classifier": "tac", "beta": 0.5, "trainable_anchors": True, "source": "dataset"},
     "tango_simple_prompts": {"classifier": "tac", "beta": 0.5, "trainable_anchors": False, "source": "templates"},
-    # readings (tango.md 4b): each switches one value of tango
+    # readings (docs/methods.md, TANGO): each switches one value of tango
     "tango_literal": {"classifier": "tac", "beta": 0.5, "trainable_anchors": False, "source": "dataset",
                       "tac_form": "literal"},
     "tango_ssr_mixup": {"classifier": "tac", "beta": 0.5, "trainable_anchors": False, "source": "dataset",
@@ -455,7 +455,7 @@ def test_recipe_defaults_follow_the_spec():
                           "warmup_epochs": 0, "warmup_lr": 0.0}
     assert (m["beta"], m["k"], m["anchors"]["k"], m["anchors"]["source"], m["tau"]) == (0.5, 200, 40, "cupl", None)
     assert m["dataset"] == "cifar100"
-    # the readings of section 4b default to the spec's
+    # the readings of section 4b default to the documented ones
     assert (m["tac_form"], m["mixup"], m["mixup_alpha"], m["knn_vote"], m["lreg_weight"]) == (
         "logsumexp", "beta11", None, "uniform", 1.0)
 

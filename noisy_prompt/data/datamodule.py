@@ -1,6 +1,6 @@
 """One LightningDataModule for every dataset, method and noise protocol.
 
-Order of operations (datasets.md / noise.md): read the dataset, draw the few-shot set with Dassl's
+Order of operations (docs/datasets.md, docs/noise.md): read the dataset, draw the few-shot set with Dassl's
 procedure (or let a few-shot-constructing noise protocol build it), corrupt the training labels with
 the noise protocol, then serve either transformed images or cached frozen-encoder features. Every step
 is a function of (config, seed) only, so every DDP rank and every rerun sees the same noisy labels.

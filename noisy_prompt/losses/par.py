@@ -1,4 +1,4 @@
-"""DP-SEP's Polarity Alignment Reweighting objectives, total loss and α schedule (spec dpsep.md)."""
+"""DP-SEP's Polarity Alignment Reweighting objectives, total loss and α schedule (docs/methods.md, DP-SEP)."""
 from __future__ import annotations
 
 import torch
@@ -13,7 +13,7 @@ PAR_MODES = ("additive", "gate")
 def par_gate_weights(
     logits_pos: Tensor, logits_neg: Tensor, targets: Tensor, mu_pos: float = 0.5, mu_neg: float = 0.5
 ) -> Tensor:
-    """Detached per-sample CE weights of `par_mode: gate` (spec dpsep.md, "Readings"), shape (N,).
+    """Detached per-sample CE weights of `par_mode: gate` (docs/methods.md, DP-SEP, "Readings"), shape (N,).
 
     w_n = 1 where both PAR hinges hold, s_pos_n ≥ μ_pos and s_pos_n − s_neg_n ≥ μ_neg (s = softmax
     probability at the given label, positive / negative branch), else 0: PAR read as a *reweighting*

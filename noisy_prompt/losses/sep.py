@@ -1,4 +1,4 @@
-"""DP-SEP's Stochastic Entropy Perturbation loss over the positive branch (spec dpsep.md, SEP)."""
+"""DP-SEP's Stochastic Entropy Perturbation loss over the positive branch (docs/methods.md, DP-SEP SEP loss)."""
 from __future__ import annotations
 
 import torch
@@ -28,7 +28,7 @@ def sep_loss(
     raises the entropy of the prediction. `detach_p` stops the gradient through the p factor (the
     log p factor always carries it), the alternative reading of the paper.
 
-    `sign` is the reading of the entropy term's sign (spec dpsep.md, SEP): "intent" (default) is the
+    `sign` is the reading of the entropy term's sign (docs/methods.md, DP-SEP SEP loss): "intent" (default) is the
     formula above, whose minimisation raises entropy (the paper's stated intent); "printed" is the sign
     the paper prints, −(λ/N) Σ Σ (p + δ) log p = λ·H(p) + noise, whose minimisation lowers entropy
     (soft bootstrapping).

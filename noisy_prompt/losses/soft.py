@@ -1,4 +1,4 @@
-"""Soft-label CE, Mixup and masked CE: the pieces of TANGO's training loss (spec tango.md §4)."""
+"""Soft-label CE, Mixup and masked CE: the pieces of TANGO's training loss (docs/methods.md, TANGO training step)."""
 from __future__ import annotations
 
 import scipy.special

@@ -3,8 +3,8 @@ entropy-perturbation loss, over a frozen CLIP. Ablations (dp, sep, sep_no_pertur
 of this module: `negative` switches the negative prompt and PAR off, `lam`/`sigma` the SEP terms.
 Prediction uses the positive branch only.
 
-The readings of the paper's garbled parts (spec dpsep.md, "Readings") are switches whose defaults
-are the spec's: `sep_sign` (intent | printed), `par_mode` (additive | gate: PAR gates each sample's
+The readings of the paper's garbled parts (docs/methods.md, DP-SEP, "Readings") are switches whose defaults
+are the documented readings: `sep_sign` (intent | printed), `par_mode` (additive | gate: PAR gates each sample's
 CE), `a_pos_reduction` (mean | sum); the phrase initialisation is `ctx_init`/`n_ctx`.
 """
 from __future__ import annotations

@@ -4,7 +4,7 @@ Where a data config sets `val_from: test` (the full-data TANGO tables; a DP-SEP 
 overrides `data.val_from=test model.val_every=1`, as the readings sweeps do), Lightning's validation
 loop evaluates the test split every `val_every` epochs. DeFT and TANGO report the best of those
 epochs, DP-SEP the last, and the paper does not always say which, so both go into results.json
-(spec dpsep.md "Readings", tango.md §4). Validation never draws from a random generator that
+(docs/methods.md, DP-SEP readings, docs/methods.md, TANGO training step). Validation never draws from a random generator that
 training uses, so evaluating the test split every epoch leaves the trained weights unchanged.
 
 The curve is a plain list in `REPORT_ATTRS`, so it reaches results.json also when the ranks ran in

@@ -1,4 +1,4 @@
-"""Plain CE fine-tuning of the CLIP vision tower (baselines.md "ft_ce"): the floor every
+"""Plain CE fine-tuning of the CLIP vision tower (docs/methods.md, Baselines): the floor every
 noisy-label method must beat, and the calibration's T7.
 
 The vision tower and a classifier head train with cross-entropy on every given label: no sample

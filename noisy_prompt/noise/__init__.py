@@ -1,4 +1,4 @@
-"""Label-noise protocols (noise.md) and the NoiseSpec that Hydra's `noise/` configs instantiate."""
+"""Label-noise protocols (docs/noise.md) and the NoiseSpec that Hydra's `noise/` configs instantiate."""
 from noisy_prompt.noise.protocols import (
     CIFAR100_COARSE_NAMES,
     CIFAR100_FINE_NAMES,

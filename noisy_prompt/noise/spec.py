@@ -23,7 +23,7 @@ FEWSHOT_CONSTRUCTING = ("ptnl_fewshot", "pair")
 class NoiseSpec:
     """One noise setting.
 
-    protocol: clean | sym | asym | inst | ptnl_fewshot | pair | real (see noise.md).
+    protocol: clean | sym | asym | inst | ptnl_fewshot | pair | real (see docs/noise.md).
     rate: fraction in [0, 1); 0 for clean and real.
     exclude_true: sym only; True = new label among the C-1 other classes (DP-SEP / NLPrompt),
         False = among all C classes (DeFT / TANGO CIFAR-100).

@@ -66,7 +66,7 @@ NOISE_ORDER: tuple[str, ...] = (
     "pair_fp2", "pair_fp4", "pair_fp8", "ptnl_fp2", "ptnl_fp4", "ptnl_fp8", "real",
 )
 # Order of `TABLES` (aggregate --list, --table all): the papers' tables, the synthetic evidence, the
-# readings (issue 13). A table not named here follows, by name.
+# readings. A table not named here follows, by name.
 TABLE_ORDER: tuple[str, ...] = (
     "dpsep_table1", "dpsep_table2", "dpsep_table3", "dpsep_table4",
     "tango_table1", "tango_table2", "tango_table3", "tango_table4",

@@ -1,4 +1,4 @@
-"""Calibrate the synthetic world against real CLIP: targets T1-T8 of the spec (synthetic_world.md).
+"""Calibrate the synthetic world against real CLIP: targets T1-T8 of docs/synthetic-world.md.
 
     python -m noisy_prompt.synthetic.calibrate [--seeds 1 2 3] [--quick] [--jobs 2] [--threads 1]
 
@@ -167,7 +167,7 @@ def plan(seeds: Sequence[int], threads: int, thread_check: bool = True) -> list[
         for model in ("coop", "ptnl"):
             cells += [Cell(model, "synthetic", n, s, threads) for n in PROMPT_NOISES]
         cells += [Cell("ft_ce", "synthetic_full", n, s, threads) for n in FT_NOISES]
-        if i == 0 and thread_check:  # the spec's float-summation-order diagnostic: the other thread count
+        if i == 0 and thread_check:  # the float-summation-order diagnostic (docs/synthetic-world.md): the other thread count
             cells.append(Cell("coop", "synthetic", "clean", s, 2 if threads == 1 else 1))
     return cells
 

@@ -8,7 +8,7 @@ in fp16), loadable with `open_clip.create_model("local-dir:" + DIR)` and
 metrics.json (loss curve, zero-shot accuracies, geometry, wall time). A run writes a resume
 checkpoint every `--checkpoint-every` steps and picks it up when restarted with the same settings.
 
-Two choices follow the calibration spec (synthetic_world.md):
+Two choices follow the calibration spec (docs/synthetic-world.md):
 - the logit scale starts at log(100) and is not trained, as in the real CLIP every recipe assumes;
 - a "merging prefix": a shared context of `merge_prefix_len` token vectors (ordinary token norm),
   kept adversarial by a few gradient-ascent steps every `merge_every` steps on the mean off-diagonal

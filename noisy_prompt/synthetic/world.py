@@ -57,7 +57,7 @@ DOWNSTREAM_STYLE = "field"
 CONDITIONS: tuple[str, ...] = ("tint", "blur", "dim", "clutter")
 
 # Downstream ("field") condition strengths, each drawn uniformly per image: mild and continuous.
-# Set after pretraining so that zero-shot lands in the spec's band (T2: 45-75%): the milder first
+# Set after pretraining so that zero-shot lands in target T2's band (45-75%, docs/synthetic-world.md): the milder first
 # choice (tint 0.5-1, blur 0.55-0.95, dim 0.6-0.8, clutter 2-4) gave 82% zero-shot.
 FIELD_RANGES: dict[str, tuple[float, float]] = {
     "tint": (0.6, 1.1),  # fraction of the full tint (TINT_HUE_DEGREES, TINT_LIGHT)

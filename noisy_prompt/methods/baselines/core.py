@@ -1,4 +1,4 @@
-"""Pure cores of the baselines of TANGO's tables (spec baselines.md): SSR, LSL, DivideMix and DeFT.
+"""Pure cores of the baselines of TANGO's tables (docs/methods.md, Baselines): SSR, LSL, DivideMix and DeFT.
 
 Functions of tensors only, no module state, so each is tested alone against hand-computed values. The
 k-NN searches go through TANGO's blocked top-k (`methods/tango/neighbours.py`): no N x N similarity

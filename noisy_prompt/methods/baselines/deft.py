@@ -1,5 +1,5 @@
 """DeFT (Wei et al., NeurIPS 2024, "Vision-Language Models are Strong Noisy Label Detectors") on CLIP, both phases
-in one run (spec baselines.md).
+in one run (docs/methods.md, Baselines).
 
 Phase 1 (epochs 0 .. phase1_epochs-1), detection by parameter-efficient tuning: shared positive and negative
 text contexts (through `PromptTextEncoder`) and deep visual prompts appended to the tokens of every vision

@@ -1,4 +1,4 @@
-"""DivideMix (Li, Socher, Hoi, ICLR 2020) on two CLIP vision towers (spec baselines.md).
+"""DivideMix (Li, Socher, Hoi, ICLR 2020) on two CLIP vision towers (docs/methods.md, Baselines).
 
 Network A is CLIP's vision tower with head A, network B a deep copy of the pretrained tower with head B
 (the heads differ by a seeded perturbation). Warm-up with CE; then before every epoch each network fits

@@ -1,4 +1,4 @@
-"""SSR (Feng et al., BMVC 2022) and LSL (Kim et al., CVPR 2024) on the CLIP vision tower (spec baselines.md).
+"""SSR (Feng et al., BMVC 2022) and LSL (Kim et al., CVPR 2024) on the CLIP vision tower (docs/methods.md, Baselines).
 
 Before every epoch, with the current model in eval mode over the un-augmented training set:
 relabel confident predictions (θ_r), select by a similarity-weighted, class-prior-normalised k-NN vote
@@ -146,7 +146,7 @@ class SSR(BaselineModule):
 
 
 # k_st: auto = round(0.04 x images per class): LSL's k_st = 20 at CIFAR-100's 500 images per class, scaled
-# like TANGO's k: auto (tango.md 4b) for data sets whose classes hold fewer images [choice].
+# like TANGO's k: auto (docs/methods.md, TANGO) for data sets whose classes hold fewer images [choice].
 AUTO_K_ST_FRACTION = 0.04
 
 

@@ -1,9 +1,9 @@
-"""TANGO as a LightningModule (spec tango.md): the CLIP vision encoder is fine-tuned under label noise
+"""TANGO as a LightningModule (docs/methods.md, TANGO): the CLIP vision encoder is fine-tuned under label noise
 with a text-anchored classifier (TAC) and anchor-guided purification before every epoch.
 
 The ablation presets are configs of this module: `classifier` (tac | linear), `beta` (visual-only 0,
 semantic-only 1), `trainable_anchors`, and `anchors.source` (cupl | templates | dataset).
-The readings of spec section 4b are config values too: `tac_form` (logsumexp | literal), `mixup`
+The readings of docs/methods.md (TANGO) are config values too: `tac_form` (logsumexp | literal), `mixup`
 (beta11 | ssr), `lreg_weight`, `knn_vote` (uniform | weighted) and `k` (an integer or auto).
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 ANCHOR_SOURCES = ("cupl", "templates", "dataset")
 # Older configs named the synthetic world's descriptions "synthetic"; they come through the dataset now.
 ANCHOR_SOURCE_ALIASES = {"synthetic": "dataset"}
-# Mixup readings (spec tango.md 4b): name -> (default alpha, lambda = max(lambda, 1 - lambda)).
+# Mixup readings (docs/methods.md, TANGO): name -> (default alpha, lambda = max(lambda, 1 - lambda)).
 MIXUP_FORMS = {"beta11": (1.0, False), "ssr": (4.0, True)}
 ANCHOR_KEYS = {"source", "path", "k", "encode_batch_size"}
 CLASSIFIERS = ("tac", "linear")
@@ -251,7 +251,7 @@ class Tango(EpochCurveModule):
         """Accuracy (%) of the TAC with the current vision tower and anchors over `loader` (eval mode).
 
         With the pretrained tower (before epoch 1) this is the honest "no training" reference of the
-        method (spec tango.md 4b); the linear-head variant is measured with the TAC as well, since the
+        method (docs/methods.md, TANGO); the linear-head variant is measured with the TAC as well, since the
         reference is the anchors' classifier, not the head's initial state. Counts are summed over
         ranks when a process group is up (the evaluation loaders shard the test set then).
         """

@@ -1,10 +1,10 @@
-"""Anchor-guided label purification (TANGO, spec section 3).
+"""Anchor-guided label purification (TANGO, docs/methods.md "Purification").
 
 Visual evidence (k-NN vote of the noisy labels), semantic evidence (the image's nearest anchors)
 and the anchors' own nearest images are combined into a clean-sample selection and soft labels.
 Every graph is consumed block by block: nothing of size N x N or |A| x N is ever materialised,
 so the same code runs on 50 000 training features on a GPU. `purify_dense` is a literal
-matrix transcription of the spec, kept only as a test reference.
+matrix transcription of the formulas in docs/methods.md, kept only as a test reference.
 """
 from __future__ import annotations
 
@@ -60,13 +60,13 @@ def anchors_per_image(num_anchors: int, num_classes: int) -> int:
 
 
 def default_m(num_images: int, num_classes: int) -> int:
-    """m = N / C images per anchor [spec choice], at least 1."""
+    """m = N / C images per anchor [choice, docs/methods.md], at least 1."""
     return max(1, num_images // num_classes)
 
 
 KNN_VOTES = ("uniform", "weighted")
 # k: auto = round(AUTO_K_FRACTION x images per class): k = 200 at CIFAR-100's 500 images per class
-# (spec tango.md 4b), scaled for data sets whose classes hold fewer images.
+# (docs/methods.md, TANGO), scaled for data sets whose classes hold fewer images.
 AUTO_K_FRACTION = 0.4
 
 
@@ -98,7 +98,7 @@ def knn_label_vote(
 ) -> Tensor:
     """p_vis (N, C): the k nearest other images' noisy labels, as a distribution over classes.
 
-    vote="uniform" (spec default): the share of each class among the k labels.
+    vote="uniform" (the default): the share of each class among the k labels.
     vote="weighted" (SSR's vote, `model.knn_vote=weighted`): each neighbour counts with its cosine
     similarity (clamped at 0, so the vote stays a distribution), each class's total is divided by the
     class's prior among the noisy labels (a frequent class gets no head start), then the row is
@@ -157,7 +157,7 @@ def semantic_vote_counts(
 
 
 def _normalise_semantic(counts: Tensor, p_sem: Tensor) -> tuple[Tensor, Tensor]:
-    """Y_sem = D^-1 counts with degree-0 rows taken from p_sem [spec choice]; also the degrees."""
+    """Y_sem = D^-1 counts with degree-0 rows taken from p_sem [choice, docs/methods.md]; also the degrees."""
     degree = counts.sum(dim=1)
     selected = degree > 0
     y_sem = torch.where(selected[:, None], counts / degree.clamp_min(1)[:, None], p_sem)
@@ -280,7 +280,7 @@ def purify_dense(
     clean_labels: Tensor | None = None,
     knn_vote: str = "uniform",
 ) -> PurificationResult:
-    """Reference for tests only: the spec's formulas with full N x N and |A| x N matrices.
+    """Reference for tests only: the formulas of docs/methods.md with full N x N and |A| x N matrices.
 
     block_size is accepted for signature parity and ignored.
     """

@@ -13,7 +13,7 @@ TAC_FORMS = ("logsumexp", "literal")
 
 
 def tac_temperature(form: str, tau: float | None, logit_scale: float) -> float:
-    """The τ that `tac_log_probs` uses for a reading of the TAC (spec tango.md 4b, `model.tac_form`).
+    """The τ that `tac_log_probs` uses for a reading of the TAC (docs/methods.md, TANGO, `model.tac_form`).
 
     logsumexp (default): τ = `tau`, or CLIP's logit scale when tau is None.
     literal: the formula as printed, a_ij = exp(v·t_j) with no temperature, i.e. τ = 1 (per-class
