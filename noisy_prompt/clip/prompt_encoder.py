@@ -144,15 +144,25 @@ class PromptTextEncoder(nn.Module):
             return self.tower.token_embedding(tokens)[0, 1:1 + n].float().clone()
 
     def forward(self, ctx: torch.Tensor, class_order: torch.Tensor | None = None) -> torch.Tensor:
-        """Text features (unnormalised) for classes `class_order` (default: all, in label order)."""
+        """Text features (unnormalised) for classes `class_order` (default: all, in label order).
+
+        `ctx` is one shared context (n_ctx, width), or one context per class (C, n_ctx, width): CoOp's
+        class-specific contexts (CSC), rows in label order. Class-specific contexts differ per sequence,
+        so they run the cut path (or the full one where the cut is not exact), never the prefix path."""
         prefix, suffix, pool = self.prefix, self.suffix, self.pool_idx
+        per_class = ctx.dim() == 3
+        if per_class and ctx.shape[0] != prefix.shape[0]:
+            raise ValueError(f"class-specific contexts need one row per class ({prefix.shape[0]}), got {tuple(ctx.shape)}")
         if class_order is not None:
             prefix, suffix, pool = prefix[class_order], suffix[class_order], pool[class_order]
+            ctx = ctx[class_order] if per_class else ctx
         n = prefix.shape[0]
-        if self.path == "prefix":
+        if self.path == "prefix" and not per_class:
             return self._forward_prefix(ctx, suffix, pool)
-        x = torch.cat([prefix, ctx.unsqueeze(0).expand(n, -1, -1).to(prefix.dtype), suffix], dim=1)
-        length = int(pool.max()) + 1 if self.path == "cut" else x.shape[1]
+        ctx = ctx if per_class else ctx.unsqueeze(0).expand(n, -1, -1)
+        x = torch.cat([prefix, ctx.to(prefix.dtype), suffix], dim=1)
+        cut = self.path == "cut" or (self.path == "prefix" and per_class)  # prefix is only chosen where cut is exact
+        length = int(pool.max()) + 1 if cut else x.shape[1]
         x = x[:, :length] + self.tower.positional_embedding[:length].to(x.dtype)
         mask = self.tower.attn_mask
         if mask is not None:

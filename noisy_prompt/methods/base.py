@@ -37,6 +37,25 @@ def classification_report(topk: torch.Tensor, label: torch.Tensor, num_classes: 
     return report
 
 
+def build_optimizer(params, optim: dict, max_epochs: int):
+    """The methods' optimiser and per-epoch LR schedule from a `model.optim` dict (SGD or AdamW, constant
+    warm-up then cosine); also used by analysis commands that train a head outside Lightning."""
+    o = optim
+    lr = float(o.get("lr", 0.002))
+    name = o.get("name", "sgd")
+    if name == "sgd":
+        opt = torch.optim.SGD(params, lr=lr, momentum=float(o.get("momentum", 0.9)),
+                              weight_decay=float(o.get("weight_decay", 5e-4)))
+    elif name == "adamw":
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=float(o.get("weight_decay", 0.0)))
+    else:
+        raise ValueError(f"model.optim.name must be 'sgd' or 'adamw', got {name!r}")
+    warm, warm_lr = int(o.get("warmup_epochs", 0)), float(o.get("warmup_lr", 1e-5))
+    E = int(max_epochs)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: warmup_cosine_factor(e, E, lr, warm, warm_lr))
+    return opt, sched
+
+
 REPORT_FILE = "module_report.json"
 PREDICTOR_FILE = "predictor.pt"  # what `python -m noisy_prompt.predict` needs, saved by rank 0 after testing
 PREDICTOR_FORMAT = "noisy_prompt.predictor/1"
@@ -411,19 +430,7 @@ class ClassifierModule(L.LightningModule):
         params = self.trainable_parameters()
         if not params:
             return None
-        o = self.optim
-        lr = float(o.get("lr", 0.002))
-        name = o.get("name", "sgd")
-        if name == "sgd":
-            opt = torch.optim.SGD(params, lr=lr, momentum=float(o.get("momentum", 0.9)),
-                                  weight_decay=float(o.get("weight_decay", 5e-4)))
-        elif name == "adamw":
-            opt = torch.optim.AdamW(params, lr=lr, weight_decay=float(o.get("weight_decay", 0.0)))
-        else:
-            raise ValueError(f"model.optim.name must be 'sgd' or 'adamw', got {name!r}")
-        warm, warm_lr = int(o.get("warmup_epochs", 0)), float(o.get("warmup_lr", 1e-5))
-        E = self.max_epochs
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: warmup_cosine_factor(e, E, lr, warm, warm_lr))
+        opt, sched = build_optimizer(params, self.optim, self.max_epochs)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
     def trainable_state_names(self) -> set[str]:
