@@ -230,8 +230,10 @@ def read_folder(data_root: Path | str | None = None, *, folder: str | None = Non
                                 + ("" if f in present else " (folder missing)"))
             paths += files
             labels += [label_of[f]] * len(files)
+        # class_sources: a class found empty later (e.g. by the datamodule's check) names its folder
         return ImageSplit(items=[str(p) for p in paths], labels=labels, classnames=list(names), loader=open_rgb,
-                          keys=[p.relative_to(base).as_posix() for p in paths])
+                          keys=[p.relative_to(base).as_posix() for p in paths],
+                          class_sources=[str(folder / f) for f in folders])
 
     train = part(top, True)
     val = part(base / "val", False) if split_mode and (base / "val").is_dir() else None
@@ -258,10 +260,19 @@ def folder_digest(data_root: Path | str | None = None, *, folder: str | None = N
     for p in image_files(base):
         st = p.stat()
         h.update(f"{p.relative_to(base).as_posix()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    names = Path(classnames).expanduser() if classnames else base / CLASSNAMES_FILE
-    if names.is_file():
+    for names in folder_label_files(folder=folder, classnames=classnames):
         h.update(names.read_bytes())
     return h.hexdigest()[:16]
+
+
+def folder_label_files(*, folder: str | None = None, classnames: str | None = None, **_: object) -> list[Path]:
+    """The label file of a folder dataset, for the run's record (data/label_files.py): its class names file
+    where it has one (`data.classnames`, else classnames.txt in the root). The folder names themselves are
+    pinned by `folder_digest`'s file list."""
+    if not folder:
+        return []
+    names = Path(classnames).expanduser() if classnames else as_data_root(folder) / CLASSNAMES_FILE
+    return [names] if names.is_file() else []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -455,8 +466,17 @@ def csv_digest(data_root: Path | str | None = None, *, train: str | None = None,
     if not train:
         return None
     h = hashlib.sha256()
-    names = Path(classnames).expanduser() if classnames else Path(train).expanduser().parent / CLASSNAMES_FILE
-    for p in (train, val, test, names):
-        if p and Path(p).expanduser().is_file():
-            h.update(str(p).encode() + b"\0" + Path(p).expanduser().read_bytes() + b"\0")
+    for p in csv_label_files(train=train, val=val, test=test, classnames=classnames):
+        h.update(str(p).encode() + b"\0" + p.read_bytes() + b"\0")
     return h.hexdigest()[:16]
+
+
+def csv_label_files(*, train: str | None = None, val: str | None = None, test: str | None = None,
+                    classnames: str | None = None, **_: object) -> list[Path]:
+    """The files that hold a CSV dataset's labels, those that exist: its CSV files and its class names file
+    (`data.classnames`, else classnames.txt beside the train CSV). `csv_digest` hashes them; the run's
+    record lists each (data/label_files.py), so that a changed one is named when a result is refused."""
+    if not train:
+        return []
+    names = Path(classnames).expanduser() if classnames else Path(train).expanduser().parent / CLASSNAMES_FILE
+    return [Path(p).expanduser() for p in (train, val, test, names) if p and Path(p).expanduser().is_file()]
