@@ -333,7 +333,6 @@ def _run_cfg(overrides: list[str], backbone: dict, root: Path):
             f"paths.cache_dir={root / 'cache'}", *overrides])
 
 
-@pytest.mark.slow
 def test_an_edited_csv_label_makes_the_finished_cell_refuse_reuse_naming_the_file(tmp_path, tiny_backbone):
     """A real (zero-shot, nothing trained) run on a CSV dataset, then one label edited in place: the same
     command refuses to hand back the stored result and names the CSV with both hashes."""
