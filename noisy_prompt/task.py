@@ -25,7 +25,7 @@ from noisy_prompt.cell import (FAILED, RESULTS, CellId, StaleCellError, cell_loc
                                write_json)
 from noisy_prompt.clip.factory import weights_digest
 from noisy_prompt.config import config_hash, ctor_kwargs, result_config
-from noisy_prompt.data.readers import data_digest
+from noisy_prompt.data.readers import DIGESTS, data_digest
 from noisy_prompt.errors import ConfigError, UserError
 from noisy_prompt.reporting.results import git_revision, versions
 from noisy_prompt.resume import check_resumable
@@ -84,25 +84,32 @@ def build_datamodule(cfg: DictConfig, clip_bundle=None):
     return get_class(target)(**kwargs, noise=noise, backbone=backbone, seed=int(cfg.seed), clip_bundle=clip_bundle)
 
 
+def _reader_of(cfg: DictConfig) -> tuple[str, dict[str, Any]]:
+    """(reader name, reader kwargs) of the configured dataset."""
+    kwargs = cfg.data.get("reader_kwargs")
+    return (str(cfg.data.get("reader") or cfg.data.name),
+            OmegaConf.to_container(kwargs, resolve=True) if kwargs is not None else {})
+
+
 def label_files_of(cfg: DictConfig) -> dict[str, str] | None:
-    """{label file relative to the data root: sha256} of the configured real dataset (None: none to pin)."""
+    """{label file: sha256} of the configured dataset (relative to the data root for the papers' datasets,
+    absolute for a user's CSV or class names file); None: none to pin."""
     from noisy_prompt.data.label_files import label_file_hashes
 
-    return label_file_hashes(str(cfg.data.get("reader") or cfg.data.name), cfg.data.get("data_dir"))
+    name, kwargs = _reader_of(cfg)
+    return label_file_hashes(name, cfg.data.get("data_dir"), **kwargs)
 
 
 def data_digest_of(cfg: DictConfig, label_files: dict[str, str] | None = None) -> str | None:
     """The digest the configured dataset publishes of its content (the datamodule's reader and its
-    arguments), or that of its label files (`label_files`, hashed once by the caller); None for datasets
-    that publish none."""
-    if label_files:
+    arguments), else that of its label files (`label_files`, hashed once by the caller); None for datasets
+    that have neither."""
+    name, kwargs = _reader_of(cfg)
+    if label_files and name not in DIGESTS:
         from noisy_prompt.data.label_files import fold
 
         return fold(label_files)
-    data = cfg.data
-    kwargs = data.get("reader_kwargs")
-    kwargs = OmegaConf.to_container(kwargs, resolve=True) if kwargs is not None else {}
-    return data_digest(str(data.get("reader") or data.name), data.get("data_dir"), **kwargs)
+    return data_digest(name, cfg.data.get("data_dir"), **kwargs)
 
 
 def build_module(cfg: DictConfig, dm, clip_bundle=None):
@@ -259,7 +266,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, cell: CellId) -> dict[str, Any]:
             "config_hash": chash,
             "config": rconf,
             **digests,
-            **({"label_files": label_files} if label_files else {}),  # what data_digest folds, per file
+            **({"label_files": label_files} if label_files else {}),  # the files behind data_digest
             "versions": versions(),
             "git_rev": git_revision(),
             "world_size": trainer.world_size,

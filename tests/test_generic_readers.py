@@ -234,6 +234,27 @@ def test_unreadable_image_at_run_time_names_the_csv_line(tmp_path):
     bad = next(i for i, it in enumerate(s.train.items) if it.endswith("red_circle/img001.png"))
     with pytest.raises(ImageReadError, match=rf"image is unreadable or truncated .*img001\.png \(listed at {f}:3\)"):
         s.train.load(bad)
+    # The same error met in a DataLoader worker (as during a run) reaches the run as the same user error with
+    # the same message (torch re-raises a worker's exception from its text), advising verify with the CSV.
+    import torch
+    from torch.utils.data import DataLoader
+
+    from noisy_prompt.errors import UserError
+
+    class Images(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(s.train)
+
+        def __getitem__(self, i):
+            s.train.load(i)
+            return i
+
+    with pytest.raises(ImageReadError) as err:
+        list(DataLoader(Images(), batch_size=4, num_workers=1))
+    text = str(err.value)
+    assert isinstance(err.value, UserError) and text.startswith("dataset 'csv', split 'train': image is unreadable")
+    assert f"img001.png (listed at {f}:3)" in text and "Traceback" not in text and "worker" not in text
+    assert text.endswith(f"`python -m noisy_prompt.data verify data=csv data.train={f}`."), text
     out = io.StringIO()
     rc = verify_main(["verify", "data=csv", f"data.train={f}"], out=out)
     assert rc == 1 and f"(listed at {f}:3)" in out.getvalue() and "1 image file(s) are empty or do not open" in out.getvalue()
@@ -299,3 +320,84 @@ def test_datamodule_declares_whether_clean_labels_are_known(tmp_path, tiny_backb
     assert not dm("folder", {"folder": str(root)}, real).clean_labels_known
     sym = dm("folder", {"folder": str(root)}, NoiseSpec(name="sym40", protocol="sym", rate=0.4, exclude_true=True))
     assert sym.clean_labels_known and sym.noise_summary()["realised_rate"] > 0
+
+
+# ------------------------------------------------------------------------------ label files pinned
+
+
+def _run_cfg(overrides: list[str], backbone: dict, root: Path):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="run", overrides=[
+            "model=zeroshot", f"backbone.model={backbone['model']}", "backbone.name=tiny", "data.real_images=false",
+            "logger=none", "callbacks=none", "figures=false", "data.num_workers=0", f"paths.log_dir={root / 'logs'}",
+            f"paths.cache_dir={root / 'cache'}", *overrides])
+
+
+def test_an_edited_csv_label_makes_the_finished_cell_refuse_reuse_naming_the_file(tmp_path, tiny_backbone):
+    """A real (zero-shot, nothing trained) run on a CSV dataset, then one label edited in place: the same
+    command refuses to hand back the stored result and names the CSV with both hashes."""
+    from noisy_prompt.cell import StaleCellError
+    from noisy_prompt.data.label_files import sha256_file
+    from noisy_prompt.task import run_cell
+
+    root = tree(tmp_path / "d", {"a": 6, "b": 6})
+    listed = rows(".", ["a", "b"], 6)
+    train = csv_file(root / "train.csv", "path,label\n" + "".join(f"{p},{n}\n" for p, n in listed if p[-5] < "4"))
+    test = csv_file(root / "test.csv", "path,label\n" + "".join(f"{p},{n}\n" for p, n in listed if p[-5] >= "4"))
+    cfg = _run_cfg(["data=csv", f"data.train={train}", f"data.test={test}"], tiny_backbone, tmp_path)
+    run_dir = Path(cfg.run_dir)
+    first = run_cell(cfg, run_dir)
+    assert first["status"] == "ok"
+    before = sha256_file(train)
+    assert first["label_files"] == {str(train): before, str(test): sha256_file(test)}
+    assert run_cell(cfg, run_dir)["wall_time_s"] == first["wall_time_s"]  # unchanged labels: the result is reused
+    train.write_text(train.read_text().replace("img000.png,a", "img000.png,b", 1))  # one label flipped, same name
+    with pytest.raises(StaleCellError) as err:
+        run_cell(cfg, run_dir)
+    text = str(err.value)
+    assert f"label file {train}: sha256 {before} -> {sha256_file(train)}" in text, text
+    assert str(test) not in text and "force=true" in text
+
+
+def test_a_folder_datasets_class_names_file_is_pinned_and_its_classes_name_their_folders(tmp_path):
+    from noisy_prompt.data.label_files import label_file_hashes, sha256_file
+    from noisy_prompt.data.readers import data_digest
+
+    root = tree(tmp_path / "d", {"a": 4, "b": 4})
+    assert label_file_hashes("folder", None, folder=str(root)) is None  # the folder names are the labels
+    digest = data_digest("folder", None, folder=str(root))
+    names = csv_file(root / "classnames.txt", "a apple\nb banana\n")
+    assert label_file_hashes("folder", None, folder=str(root)) == {str(names): sha256_file(names)}
+    assert data_digest("folder", None, folder=str(root)) != digest
+    (root / "b" / "img000.png").rename(root / "a" / "img100.png")  # an image moved to another class folder
+    assert data_digest("folder", None, folder=str(root)) not in (digest, None)
+    s = read_folder(folder=str(root))
+    assert s.train.class_sources == [str(root / "a"), str(root / "b")]
+    assert s.test.class_sources == s.train.class_sources
+
+
+def test_a_bad_dataset_stops_a_run_as_a_user_error_listed_with_the_other_problems(tmp_path):
+    """The readers' errors are UserErrors: `python -m noisy_prompt.run` prints them alone (no traceback), and
+    the preflight lists them with the run's other problems."""
+    from noisy_prompt.errors import ConfigError, PreflightError, UserError
+    from noisy_prompt.preflight import preflight
+
+    root = tree(tmp_path / "d", {"cat": 3, "dog": 3})
+    bad = csv_file(root / "labels.csv", "path,label\ncat/img000.png,cat\ncat/img009.png,cat\ndog/img000.png,wolf\n")
+    csv_file(root / "classnames.txt", "cat\ndog\n")
+
+    def cfg(*extra):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose(config_name="run", overrides=["model=coop", "backbone=synthetic", "data.real_images=false",
+                                                         "data=csv", f"paths.log_dir={tmp_path}", *extra])
+
+    with pytest.raises(DatasetContentError) as err:
+        preflight(cfg(f"data.train={bad}"))
+    assert isinstance(err.value, UserError) and f"{bad}:3: image not found" in str(err.value)
+    with pytest.raises(PreflightError) as err:
+        preflight(cfg(f"data.train={bad}", "model.optim.lr=-1"))
+    text = str(err.value)
+    assert text.startswith("2 problems stop this run before it starts (config, dataset)"), text
+    assert f"2. [dataset] data=csv: 2 problem(s) in {bad}:" in text and f"     - {bad}:4: unknown label 'wolf'" in text
+    with pytest.raises(ConfigError, match="data=csv needs data.train=FILE"):
+        preflight(cfg())

@@ -40,9 +40,20 @@ def verify_hint(dataset: str) -> str:
 class ImageReadError(UserError, RuntimeError):
     """An image a split lists is missing, unreadable or truncated; names dataset, split and file."""
 
-    def __init__(self, dataset: str, split: str, item: Any, problem: str):
+    def __init__(self, dataset: str, split: str | None = None, item: Any = None, problem: str | None = None,
+                 hint: str | None = None):
+        if split is None and item is None and problem is None:
+            # Rebuilt from one message by torch's DataLoader, which re-raises a worker's exception as
+            # `type(msg)` with msg = "Caught ImageReadError in DataLoader worker ...\nOriginal Traceback ...
+            # ImageReadError: <the message>": keep the message alone, so that a run prints it as a user error
+            # (not a RuntimeError with the worker's traceback).
+            text = str(dataset)
+            at = text.find("ImageReadError: ", text.find("Original Traceback"))
+            super().__init__(text[at + len("ImageReadError: "):].strip() if at >= 0 else text)
+            return
         self.dataset, self.split, self.item, self.problem = dataset, split, item, problem
-        super().__init__(f"dataset '{dataset or '?'}', split '{split or '?'}': {problem}: {item}\n{verify_hint(dataset)}")
+        super().__init__(f"dataset '{dataset or '?'}', split '{split or '?'}': {problem}: {item}\n"
+                         f"{hint or verify_hint(dataset)}")
 
 
 class EmptyClassError(UserError, ValueError):
@@ -81,6 +92,9 @@ class ImageSplit:
     # Where each class's images come from on disk (a folder per class, e.g. ImageNet's wnid folders), for
     # messages; None where the classes have no folder of their own.
     class_sources: list[str] | None = None
+    # The `python -m noisy_prompt.data verify ...` advice of its messages, where the reader knows the options
+    # that name the dataset (a user's folder or CSV); None: verify_hint(dataset).
+    verify: str | None = None
 
     def __post_init__(self):
         if len(self.items) != len(self.labels):
@@ -105,11 +119,12 @@ class ImageSplit:
         try:
             return self.loader(item)
         except FileNotFoundError:
-            raise ImageReadError(self.dataset, self.split, self.describe_item(i), "image file is missing") from None
+            raise ImageReadError(self.dataset, self.split, self.describe_item(i), "image file is missing",
+                                 self.verify) from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
             # PIL raises OSError("image file is truncated ...") for a cut JPEG, UnidentifiedImageError for junk.
             raise ImageReadError(self.dataset, self.split, self.describe_item(i),
-                                 f"image is unreadable or truncated ({type(err).__name__}: {err})") from None
+                                 f"image is unreadable or truncated ({type(err).__name__}: {err})", self.verify) from None
 
     def path(self, i: int) -> str | None:
         """Item i's image file, for datasets of files; None for in-memory or generated images."""
@@ -127,7 +142,7 @@ class ImageSplit:
         try:
             return f"{self.keys[i]}|{file_identity(item)}"
         except FileNotFoundError:
-            raise ImageReadError(self.dataset, self.split, item, "image file is missing") from None
+            raise ImageReadError(self.dataset, self.split, item, "image file is missing", self.verify) from None
 
     def check_classes(self) -> None:
         """Every class has at least one image (a silently empty class would still be scored)."""
@@ -142,7 +157,7 @@ class ImageSplit:
             more = f" and {len(empty) - 10} more" if len(empty) > 10 else ""
             raise EmptyClassError(f"dataset '{self.dataset or '?'}', split '{self.split or '?'}': {len(empty)} of "
                                   f"{len(counts)} classes have no images: {', '.join(empty[:10])}{more}\n"
-                                  + verify_hint(self.dataset))
+                                  + (self.verify or verify_hint(self.dataset)))
 
     def subset(self, indices: Sequence[int], labels: Sequence[int] | None = None) -> "ImageSplit":
         """A new split with the given rows; `labels` replaces the labels (e.g. a noisy few-shot set)."""
@@ -158,6 +173,7 @@ class ImageSplit:
             split=self.split,
             origins=None if self.origins is None else [self.origins[i] for i in idx],
             class_sources=self.class_sources,
+            verify=self.verify,
         )
 
 

@@ -10,6 +10,12 @@ sha256 (`KNOWN_SHA256`) a mismatch is logged with both hashes.
 Datasets whose labels are folder or file names (ImageNet's wnid folders, Food-101N's class folders,
 Animal-10N's file-name prefixes) have only their class-name index hashed here; their images are keyed
 by path, size and mtime in the feature cache.
+
+A user's own dataset (`data=csv`, `data=folder`) has its label files named by the reader's options, not
+found under the data root (`READER_LABEL_FILES`): the CSV files and the class names file, recorded by
+absolute path. Their `data_digest` stays the one the reader publishes (readers.DIGESTS: the CSV bytes;
+a folder's file list, since there the folder names are the labels); the record of the files is what lets
+a refusal name the one that changed.
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ import logging
 from pathlib import Path
 from typing import Callable
 
-from noisy_prompt.data.readers import coop, fulldata
+from noisy_prompt.data.readers import coop, fulldata, generic
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +64,13 @@ LABEL_FILES: dict[str, Callable[[Path], list[Path]]] = {
 }
 
 
+# reader name -> the label files named by its options (the reader kwargs), those that exist
+READER_LABEL_FILES: dict[str, Callable[..., list[Path]]] = {
+    "csv": generic.csv_label_files,
+    "folder": generic.folder_label_files,
+}
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -66,9 +79,13 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def label_file_hashes(name: str, root: str | Path | None) -> dict[str, str] | None:
+def label_file_hashes(name: str, root: str | Path | None, **reader_kwargs) -> dict[str, str] | None:
     """{path relative to the data root: sha256} of dataset `name`'s label files; None when the dataset has
-    none listed here or one is missing (the reader reports a missing file; nothing to pin then)."""
+    none listed here or one is missing (the reader reports a missing file; nothing to pin then). For the
+    readers of READER_LABEL_FILES: {absolute path: sha256} of the files its options (`reader_kwargs`) name."""
+    if name in READER_LABEL_FILES:
+        files = READER_LABEL_FILES[name](**reader_kwargs)
+        return {str(f.absolute()): sha256_file(f) for f in files} or None
     if name not in LABEL_FILES:
         return None
     from noisy_prompt.data.readers import default_data_root

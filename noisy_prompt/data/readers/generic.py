@@ -43,6 +43,7 @@ import numpy as np
 from noisy_prompt.data.base import DatasetSplits, ImageSplit, open_rgb
 from noisy_prompt.data.readers.coop import as_data_root, clean_classname
 from noisy_prompt.data.readers.templates import templates_for
+from noisy_prompt.errors import ConfigError, UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SPLIT_DIRS = ("train", "val", "test")
@@ -63,9 +64,9 @@ a CSV file with a header: path,label[,clean_label]
 """
 
 
-class DatasetContentError(ValueError):
+class DatasetContentError(UserError, ValueError):
     """A user's dataset (folder tree or CSV) has problems; the message lists every one found, each with
-    the file and line (CSV) or the folder it concerns."""
+    the file and line (CSV) or the folder it concerns. A UserError: a run prints the message alone."""
 
     def __init__(self, dataset: str, where: str, problems: Sequence[str], hint: str = ""):
         self.dataset, self.where, self.problems = dataset, where, list(problems)
@@ -81,6 +82,15 @@ class DatasetContentError(ValueError):
 def _verify_hint(dataset: str, args: str) -> str:
     return (f"Check the whole dataset, images included, with `python -m noisy_prompt.data verify data={dataset} "
             f"{args}`.")
+
+
+def _with_hint(splits: DatasetSplits, hint: str) -> DatasetSplits:
+    """Every split's messages (an image that fails to open during a run) advise the verify command with the
+    user's own options."""
+    for split in (splits.train, splits.val, splits.test):
+        if split is not None:
+            split.verify = hint
+    return splits
 
 
 def is_image_file(path: Path) -> bool:
@@ -141,9 +151,9 @@ def seeded_split(labels: Sequence[int], classnames: Sequence[str], val_fraction:
     an item is an error naming it."""
     for key, value in (("val", val_fraction), ("test", test_fraction)):
         if not 0.0 <= float(value) < 1.0:
-            raise ValueError(f"data.split.{key} must lie in [0, 1), got {value}")
+            raise ConfigError(f"data.split.{key} must lie in [0, 1), got {value}")
     if float(val_fraction) + float(test_fraction) >= 1.0:
-        raise ValueError(f"data.split.val + data.split.test must be < 1 (some images must train), got "
+        raise ConfigError(f"data.split.val + data.split.test must be < 1 (some images must train), got "
                          f"{val_fraction} + {test_fraction}")
     per_class: dict[int, list[int]] = {}
     for i, y in enumerate(labels):
@@ -201,7 +211,7 @@ def read_folder(data_root: Path | str | None = None, *, folder: str | None = Non
     del data_root
     root = folder
     if not root:
-        raise ValueError("data=folder needs data.root=PATH: a folder with one sub-folder of images per class "
+        raise ConfigError("data=folder needs data.root=PATH: a folder with one sub-folder of images per class "
                          "(or train/ and test/ folders, each with one sub-folder per class)")
     base = as_data_root(root)
     if not base.is_dir():
@@ -230,21 +240,25 @@ def read_folder(data_root: Path | str | None = None, *, folder: str | None = Non
                                 + ("" if f in present else " (folder missing)"))
             paths += files
             labels += [label_of[f]] * len(files)
+        # class_sources: a class found empty later (e.g. by the datamodule's check) names its folder
         return ImageSplit(items=[str(p) for p in paths], labels=labels, classnames=list(names), loader=open_rgb,
-                          keys=[p.relative_to(base).as_posix() for p in paths])
+                          keys=[p.relative_to(base).as_posix() for p in paths],
+                          class_sources=[str(folder / f) for f in folders])
 
     train = part(top, True)
     val = part(base / "val", False) if split_mode and (base / "val").is_dir() else None
     test = part(base / "test", True) if split_mode and (base / "test").is_dir() else None
     empty = [f"{p}: empty file" for s in (train, val, test) if s is not None for p in s.items if os.path.getsize(p) == 0]
     problems += empty
+    hint = _verify_hint("folder", f"data.root={root}" + (f" data.classnames={classnames}" if classnames else ""))
     if problems:
-        raise DatasetContentError("folder", str(base), problems, _verify_hint("folder", f"data.root={root}"))
+        raise DatasetContentError("folder", str(base), problems, hint)
     if test is None:
         tr, va, te = seeded_split(train.labels, names, val_fraction if val is None else 0.0, test_fraction,
                                   split_seed, "folder", str(top))
         train, test, val = train.subset(tr), train.subset(te), (val if val is not None else _split_of(train, va))
-    return DatasetSplits(name="folder", train=train, val=val, test=test, templates=templates_for("folder"))
+    return _with_hint(DatasetSplits(name="folder", train=train, val=val, test=test, templates=templates_for("folder")),
+                      hint)
 
 
 def folder_digest(data_root: Path | str | None = None, *, folder: str | None = None, classnames: str | None = None,
@@ -258,10 +272,19 @@ def folder_digest(data_root: Path | str | None = None, *, folder: str | None = N
     for p in image_files(base):
         st = p.stat()
         h.update(f"{p.relative_to(base).as_posix()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    names = Path(classnames).expanduser() if classnames else base / CLASSNAMES_FILE
-    if names.is_file():
+    for names in folder_label_files(folder=folder, classnames=classnames):
         h.update(names.read_bytes())
     return h.hexdigest()[:16]
+
+
+def folder_label_files(*, folder: str | None = None, classnames: str | None = None, **_: object) -> list[Path]:
+    """The label file of a folder dataset, for the run's record (data/label_files.py): its class names file
+    where it has one (`data.classnames`, else classnames.txt in the root). The folder names themselves are
+    pinned by `folder_digest`'s file list."""
+    if not folder:
+        return []
+    names = Path(classnames).expanduser() if classnames else as_data_root(folder) / CLASSNAMES_FILE
+    return [names] if names.is_file() else []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,14 +341,14 @@ def read_csv_dataset(data_root: Path | str | None = None, *, train: str | None =
     """Images listed in CSV files (see the module docstring). `train`/`val`/`test` are `data.train` etc."""
     del data_root
     if not train:
-        raise ValueError("data=csv needs data.train=FILE: a CSV with a header `path,label[,clean_label]` "
+        raise ConfigError("data=csv needs data.train=FILE: a CSV with a header `path,label[,clean_label]` "
                          "(and optionally data.test=FILE)")
     problems: list[str] = []
     files = {role: _CsvRows(as_data_root(p), role, problems) for role, p in (("train", train), ("val", val),
                                                                            ("test", test)) if p}
     where = ", ".join(str(f.path) for f in files.values())
-    hint = _verify_hint("csv", " ".join(f"data.{r}={p}" for r, p in (("train", train), ("val", val), ("test", test))
-                                        if p))
+    hint = _verify_hint("csv", " ".join(f"data.{r}={p}" for r, p in (("train", train), ("val", val), ("test", test),
+                                                                    ("classnames", classnames)) if p))
     if problems:
         raise DatasetContentError("csv", where, problems, CSV_LAYOUT + hint)
 
@@ -440,7 +463,8 @@ def read_csv_dataset(data_root: Path | str | None = None, *, train: str | None =
             val_split = whole.subset(va)
             if whole.clean_labels is not None:
                 val_split.labels, val_split.clean_labels = list(val_split.clean_labels), None
-    return DatasetSplits(name="csv", train=train_split, val=val_split, test=test_split, templates=templates_for("csv"))
+    return _with_hint(DatasetSplits(name="csv", train=train_split, val=val_split, test=test_split,
+                                    templates=templates_for("csv")), hint)
 
 
 def _known(names: list[str]) -> str:
@@ -455,8 +479,17 @@ def csv_digest(data_root: Path | str | None = None, *, train: str | None = None,
     if not train:
         return None
     h = hashlib.sha256()
-    names = Path(classnames).expanduser() if classnames else Path(train).expanduser().parent / CLASSNAMES_FILE
-    for p in (train, val, test, names):
-        if p and Path(p).expanduser().is_file():
-            h.update(str(p).encode() + b"\0" + Path(p).expanduser().read_bytes() + b"\0")
+    for p in csv_label_files(train=train, val=val, test=test, classnames=classnames):
+        h.update(str(p).encode() + b"\0" + p.read_bytes() + b"\0")
     return h.hexdigest()[:16]
+
+
+def csv_label_files(*, train: str | None = None, val: str | None = None, test: str | None = None,
+                    classnames: str | None = None, **_: object) -> list[Path]:
+    """The files that hold a CSV dataset's labels, those that exist: its CSV files and its class names file
+    (`data.classnames`, else classnames.txt beside the train CSV). `csv_digest` hashes them; the run's
+    record lists each (data/label_files.py), so that a changed one is named when a result is refused."""
+    if not train:
+        return []
+    names = Path(classnames).expanduser() if classnames else Path(train).expanduser().parent / CLASSNAMES_FILE
+    return [Path(p).expanduser() for p in (train, val, test, names) if p and Path(p).expanduser().is_file()]

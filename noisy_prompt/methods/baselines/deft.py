@@ -221,7 +221,7 @@ class DeFT(BaselineModule):
         # separate yes/no score, and its argmax scored below chance on the synthetic world.
         confidence, suggested = out["pos"].softmax(dim=1).max(dim=1)
         true = self.known_true(dm, clean)
-        p_yes_given = torch.sigmoid(margin.gather(1, given[:, None]).squeeze(1))  # label_issues' q_score
+        p_yes_given = torch.sigmoid(margin.gather(1, given[:, None]).squeeze(1))  # label_issues.csv's method_score
         v = Verdicts(self.phase1_epochs, given, true, mask, p_yes_given, suggested, confidence)
         return v, {"final_detection": 1.0}
 
