@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from noisy_prompt.atomic import replacing
 from noisy_prompt.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -238,14 +239,10 @@ def run_dir(log_dir: str | Path, sweep: str, cell_path: str, seed: int, settings
 
 def write_json(path: Path, payload: Mapping[str, Any]) -> None:
     """Atomic: a reader sees the old file or the whole new one, never a half-written record."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         fh.write(json.dumps(payload, indent=2, default=float))
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -14,7 +14,7 @@ def _precision() -> str:
 
 
 def _git_rev() -> str:
-    from noisy_prompt.reporting.results import git_revision
+    from noisy_prompt.provenance import git_revision
 
     return git_revision()[:12]
 

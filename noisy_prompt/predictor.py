@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +31,6 @@ from noisy_prompt.methods.base import PREDICTOR_FILE, PREDICTOR_FORMAT
 
 class PredictorError(RuntimeError):
     """A run dir has no usable predictor file; the message says why and what to do."""
-
-
-def save_payload(payload: dict[str, Any], path: Path) -> Path:
-    """torch.save, atomically: a reader sees the old file or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
 
 
 def _rerun_hint(run_dir: Path) -> str:

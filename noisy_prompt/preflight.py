@@ -18,7 +18,7 @@ from noisy_prompt.errors import ConfigError, PreflightError, UserError
 
 def config_problems(cfg: DictConfig) -> list[tuple[str, BaseException]]:
     from noisy_prompt.config import ctor_kwargs
-    from noisy_prompt.task import build_datamodule, check_backbone, max_epochs_of
+    from noisy_prompt.build import build_datamodule, check_backbone, max_epochs_of
 
     out: list[tuple[str, BaseException]] = []
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from noisy_prompt import atomic
 from noisy_prompt.clip.factory import ClipBundle, create_clip, freeze
 from noisy_prompt.methods.selection import LABEL_ISSUES_FILE
 from noisy_prompt.methods.schedules import warmup_cosine_factor
@@ -280,14 +281,10 @@ class ClassifierModule(L.LightningModule):
         """TEST_PREDICTIONS_FILE: what the report's confusion matrix (and a check of a predictor) reads."""
         if not self.test_predictions:
             return None
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
         sets = {name: {"index": torch.tensor(p["index"]), "label": torch.tensor(p["label"]),
                        "topk": torch.tensor(p["topk"]), "topk_prob": torch.tensor(p["prob"])}
                 for name, p in self.test_predictions.items()}
-        torch.save({"classnames": list(self.classnames), "sets": sets}, tmp)
-        tmp.replace(path)
-        return path
+        return atomic.torch_save({"classnames": list(self.classnames), "sets": sets}, path)
 
     # ---- the label-issue report (methods/selection.py) ------------------------------------------------
     def label_issue_verdicts(self, dm: Any = None):
@@ -384,9 +381,8 @@ class ClassifierModule(L.LightningModule):
                 "clip_identity": self.clip_identity, "meta": plain(self.predictor_meta, "predictor_meta")}
 
     def save_predictor(self, path: Path) -> Path:
-        from noisy_prompt.predictor import save_payload
 
-        return save_payload(self.predictor_payload(), Path(path))
+        return atomic.torch_save(self.predictor_payload(), path)
 
     def load_predictor_state(self, payload: dict[str, Any]) -> None:
         """Put a predictor file's state into this freshly built classifier (the inverse of predictor_payload)."""

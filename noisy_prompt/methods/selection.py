@@ -26,6 +26,8 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import Tensor
 
+from noisy_prompt.atomic import replacing
+
 LABEL_ISSUES_FILE = "label_issues.csv"
 # Below this many training images a pass is quick enough that a progress bar is noise.
 PROGRESS_MIN_IMAGES = 5000
@@ -322,8 +324,7 @@ def write_label_issues_csv(path: str | Path, classnames: list[str], report: Labe
     clean = v.clean_mask.bool().cpu().tolist() if v is not None else [None] * n
     mscore = v.score.float().cpu().tolist() if v is not None else [None] * n
     mlabel = v.suggested.long().cpu().tolist() if v is not None else [None] * n
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
+    with replacing(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:  # never half a file
         writer = csv.writer(fh)
         writer.writerow(LABEL_ISSUE_COLUMNS)
         for i in range(n):
@@ -335,7 +336,6 @@ def write_label_issues_csv(path: str | Path, classnames: list[str], report: Labe
                 "" if mlabel[i] is None else mlabel[i],
                 "" if t is None else t, "" if t is None else classnames[t],
             ])
-    tmp.replace(path)  # a reader never sees half a file
     return path
 
 

@@ -134,7 +134,7 @@ def training_images(run_dir: Path, rows: Sequence[dict[str, str]], data_dir: str
     from omegaconf import OmegaConf
 
     import noisy_prompt.config  # noqa: F401  (the resolvers config.yaml names)
-    from noisy_prompt.task import build_datamodule
+    from noisy_prompt.build import build_datamodule
 
     cfg_path = Path(run_dir) / "config.yaml"
     if not cfg_path.is_file():
