@@ -3,7 +3,7 @@
 A *cell* is one table entry for one seed: the cell keys (`CELL_KEYS`: model, data, noise, backbone,
 train_data), the seed, the sweep name, and its *settings*: every command-line override that is not a
 cell key and not a path/logging/hardware switch (`model.lam=0.2`, `trainer.max_epochs=10`,
-`experiment=...`). Settings are part of the identity, so a run with other hyperparameters never lands
+`data.shots=8`). Settings are part of the identity, so a run with other hyperparameters never lands
 in (or is skipped because of) the dir of the preset:
 
     <log_dir>/<sweep>/<model>/<data>/<noise>/<backbone>/seed<k>                      (no settings)
