@@ -4,7 +4,8 @@ import re
 
 import pytest
 
-from noisy_prompt import bench, bench_gpu
+from noisy_prompt.bench import gpu as bench_gpu
+from noisy_prompt.bench import prompt as bench
 
 
 def test_class_names_subset_is_a_prefix_of_the_full_draw():

@@ -288,7 +288,9 @@ class CLIPDataModule(L.LightningDataModule):
         """data.num_workers resolved: "auto" from the cores per device of this process (see resolve_num_workers)."""
         trainer = getattr(self, "trainer", None)
         devices = int(getattr(trainer, "num_devices", 1) or 1) if trainer is not None else 1
-        return resolve_num_workers(self.num_workers_setting, devices)
+        accel = type(getattr(trainer, "accelerator", None)).__name__ if trainer is not None else "CPUAccelerator"
+        return resolve_num_workers(self.num_workers_setting, devices,
+                                   accelerator="cpu" if accel == "CPUAccelerator" else "gpu")
 
     @num_workers.setter
     def num_workers(self, value: int | str) -> None:

@@ -41,14 +41,17 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def resolve_num_workers(value: Any, devices: int = 1, cores: int | None = None) -> int:
-    """`data.num_workers`: an integer >= 0, or "auto" = the cores per device minus one (the training
-    process keeps a core), capped at MAX_AUTO_WORKERS: 1 core -> 0 (load in the training process),
-    2 cores -> 1, 16 cores -> 15; 16 cores shared by 4 devices -> 3 per device."""
+def resolve_num_workers(value: Any, devices: int = 1, cores: int | None = None, accelerator: str = "cpu") -> int:
+    """`data.num_workers`: an integer >= 0, or "auto" = the cores per device (this process's affinity),
+    capped at MAX_AUTO_WORKERS. On CPU the training process computes on one of those cores itself, so
+    auto leaves it one: 1 core -> 0 (load in the training process), 2 -> 1, 16 -> 15. On a GPU the
+    training process mostly waits for the device, so every core decodes: 1 -> 1, 2 -> 2, 16 -> 16;
+    16 cores shared by 4 GPUs -> 4 per GPU."""
     if isinstance(value, str) and value.strip().lower() == "auto":
         cores = available_cores() if cores is None else int(cores)
         per_device = max(1, cores // max(1, int(devices)))
-        return max(0, min(per_device - 1, MAX_AUTO_WORKERS))
+        keep = 1 if str(accelerator).lower() == "cpu" else 0
+        return max(0, min(per_device - keep, MAX_AUTO_WORKERS))
     try:
         n = int(value)
     except (TypeError, ValueError):
