@@ -7,7 +7,8 @@ Each run is a fresh process (`noisy_prompt/bench/cell_runner.py`, which wraps fu
 timers and changes no computation) of `python -m noisy_prompt.run <overrides>`, one thread
 (OMP_NUM_THREADS/MKL_NUM_THREADS and torch.set_num_threads), logs and caches under a temporary dir. With
 --compare, the old checkout (its `noisy_prompt` on PYTHONPATH; the timers come from this checkout) and this
-one run interleaved (old, new, old, new, ...) so that a shared machine's load hits both alike; the table
+one run interleaved (old, new, old, new, ...), or with --parallel at the same time (a 2-core machine: one
+core each), so that a shared machine's load hits both alike; the table
 gives each run's wall time, the ratios, and whether the results.json metrics are identical to the digit.
 `--cache cold` (default) gives every run an empty cache dir; `warm` runs each side once untimed first and
 then reuses its cache dir, as the cells of a sweep after the first do.
@@ -32,11 +33,11 @@ PRESETS = {
               "data.val_from=test", "model.val_every=1"],
     # short versions (seconds to a minute) for checks
     "tango_short": ["backbone=synthetic", "data=synthetic_full", "model=tango", "noise=sym40", "seed=1",
-                    "model.max_epochs=2", "data.reader_kwargs.num_classes=8", "data.reader_kwargs.num_train_per_class=12",
+                    "model.max_epochs=2", "data.reader_kwargs.num_classes=16", "data.reader_kwargs.num_train_per_class=12",
                     "data.reader_kwargs.num_test_per_class=4", "model.k=5", "model.anchors.k=4"],
     "dpsep_short": ["backbone=synthetic", "data=synthetic", "model=dpsep", "noise=sym50", "seed=1",
                     "data.val_from=test", "model.val_every=1", "model.max_epochs=2",
-                    "data.reader_kwargs.num_classes=8", "data.reader_kwargs.num_test_per_class=4"],
+                    "data.reader_kwargs.num_classes=16", "data.reader_kwargs.num_test_per_class=4"],
 }
 RUNNER = Path(__file__).with_name("cell_runner.py")
 
@@ -46,6 +47,7 @@ def run_once(tree: str, overrides: list[str], workdir: Path, tag: str, cache_dir
     env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                WANDB_MODE="disabled", HF_HUB_OFFLINE="1")
     logs = workdir / f"logs_{tag}"
+    shutil.rmtree(logs, ignore_errors=True)  # exactly one results.json below it: this run's
     prof = workdir / f"{tag}.json"
     cmd = [sys.executable, str(RUNNER), "--out", str(prof), "--", *overrides, f"paths.log_dir={logs}",
            f"paths.cache_dir={cache_dir}", "force=true"]
@@ -56,16 +58,36 @@ def run_once(tree: str, overrides: list[str], workdir: Path, tag: str, cache_dir
         raise RuntimeError(f"cell run {tag} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     results = next(logs.rglob("results.json"))
     record = json.loads(prof.read_text())
-    record.update(process_wall_s=wall, metrics=json.loads(results.read_text())["metrics"], tag=tag)
+    record.update(process_wall_s=wall, metrics=json.loads(results.read_text())["metrics"], tag=tag,
+                  losses=logged_losses(results.parent))
     return record
 
 
+def logged_losses(run_dir: Path) -> dict[str, list[float]]:
+    """The per-epoch training losses the CSV logger wrote (all digits): finer than any accuracy."""
+    import csv
+
+    out: dict[str, list[float]] = {}
+    for f in sorted(Path(run_dir).rglob("metrics.csv")):
+        with open(f, newline="") as fh:
+            for row in csv.DictReader(fh):
+                for k, v in row.items():
+                    if k and k.startswith("train/") and v not in ("", None):
+                        out.setdefault(k, []).append(float(v))
+    return out
+
+
+OTHER = "other (imports, Hydra, Lightning loop)"
+
+
 def format_breakdown(rec: dict, title: str) -> str:
-    lines = [f"{title}: wall {rec['wall_s']:.1f} s (process CPU {rec['cpu_s']:.1f} s, threads {rec['threads']})",
-             f"  {'phase':55s} {'s':>8s} {'%':>6s}"]
-    for k, v in sorted({**rec["phases"], "other (imports, Hydra, Lightning loop)": rec["other"]}.items(),
-                       key=lambda kv: -kv[1]):
-        lines.append(f"  {k:55s} {v:8.2f} {100 * v / rec['wall_s']:5.1f}%")
+    """Wall and process-CPU seconds per phase (on a loaded machine the CPU column is the work itself)."""
+    cpu = {**rec.get("phases_cpu", {}), OTHER: rec.get("other_cpu", float("nan"))}
+    lines = [f"{title}: wall {rec['wall_s']:.1f} s, process CPU {rec['cpu_s']:.1f} s, threads {rec['threads']}",
+             f"  {'phase':55s} {'wall s':>8s} {'%':>6s} {'CPU s':>8s} {'%':>6s}"]
+    for k, v in sorted({**rec["phases"], OTHER: rec["other"]}.items(), key=lambda kv: -cpu.get(kv[0], kv[1])):
+        c = cpu.get(k, float("nan"))
+        lines.append(f"  {k:55s} {v:8.2f} {100 * v / rec['wall_s']:5.1f}% {c:8.2f} {100 * c / rec['cpu_s']:5.1f}%")
     return "\n".join(lines)
 
 
@@ -77,6 +99,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m noisy_prompt.benc
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--cache", choices=["cold", "warm"], default="cold")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--parallel", action="store_true",
+                   help="run old and new at the same time (one process each) instead of one after the other")
     p.add_argument("--workdir", default=None, help="keep runs here (default: a temporary dir, removed)")
     p.add_argument("--json", default=None, help="write all records here")
     args = p.parse_args(argv)
@@ -94,9 +118,19 @@ def main(argv: list[str] | None = None, prog: str = "python -m noisy_prompt.benc
             for side, tree in trees:
                 run_once(tree, overrides, workdir, f"{side}_fill", workdir / f"cache_{side}", args.threads)
         for rep in range(args.repeats):
-            for side, tree in trees:
-                cache = workdir / (f"cache_{side}" if args.cache == "warm" else f"cache_{side}_{rep}")
-                rec = run_once(tree, overrides, workdir, f"{side}_{rep}", cache, args.threads)
+            jobs = [(side, tree, workdir / (f"cache_{side}" if args.cache == "warm" else f"cache_{side}_{rep}"))
+                    for side, tree in trees]
+            if args.parallel:  # old and new at the same time, one core each: the same load over the same minutes
+                from concurrent.futures import ThreadPoolExecutor
+
+                with ThreadPoolExecutor(len(jobs)) as pool:
+                    futures = [pool.submit(run_once, tree, overrides, workdir, f"{side}_{rep}", cache, args.threads)
+                               for side, tree, cache in jobs]
+                    done = [f.result() for f in futures]
+            else:
+                done = [run_once(tree, overrides, workdir, f"{side}_{rep}", cache, args.threads)
+                        for side, tree, cache in jobs]
+            for (side, _, _), rec in zip(jobs, done):
                 rec["side"], rec["load1"] = side, os.getloadavg()[0]
                 records.append(rec)
                 print(f"  {side} run {rep + 1}: wall {rec['wall_s']:.1f} s, process CPU {rec['cpu_s']:.1f} s, "
@@ -109,10 +143,14 @@ def main(argv: list[str] | None = None, prog: str = "python -m noisy_prompt.benc
             old = [r["wall_s"] for r in records if r["side"] == "old"]
             new = [r["wall_s"] for r in records if r["side"] == "new"]
             ratios = [o / n for o, n in zip(old, new)]
-            same = all(r["metrics"] == records[0]["metrics"] for r in records)
-            print(f"\nold / new wall time per interleaved pair: {', '.join(f'{x:.2f}x' for x in ratios)}; "
+            same = all(r["metrics"] == records[0]["metrics"] and r["losses"] == records[0]["losses"] for r in records)
+            cold = [r["cpu_s"] for r in records if r["side"] == "old"]
+            cnew = [r["cpu_s"] for r in records if r["side"] == "new"]
+            print(f"\nold / new wall time per pair: {', '.join(f'{x:.2f}x' for x in ratios)}; "
                   f"median old {statistics.median(old):.1f} s, new {statistics.median(new):.1f} s")
-            print(f"metrics identical to the digit in all {len(records)} runs: {same}")
+            print(f"old / new process CPU time per pair: {', '.join(f'{o / n:.2f}x' for o, n in zip(cold, cnew))}; "
+                  f"median old {statistics.median(cold):.1f} s, new {statistics.median(cnew):.1f} s")
+            print(f"metrics and logged training losses identical to the digit in all {len(records)} runs: {same}")
             if not same:
                 for r in records:
                     print(f"  {r['tag']}: {json.dumps(r['metrics'], sort_keys=True)}")

@@ -20,8 +20,9 @@ import time
 class PhaseTimers:
     def __init__(self):
         self.total: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}  # process CPU seconds: on a loaded machine, the work itself
         self.calls: dict[str, int] = {}
-        self.stack: list[list] = []  # [label, start, time spent in children]
+        self.stack: list[list] = []  # [label, wall start, cpu start, wall in children, cpu in children]
 
     def wrap(self, owner, attr: str, label: str | None = None, label_of=None) -> bool:
         fn = getattr(owner, attr, None)
@@ -31,16 +32,18 @@ class PhaseTimers:
 
         def wrapper(*args, **kwargs):
             name = label_of(*args) if label_of is not None else label
-            timers.stack.append([name, time.perf_counter(), 0.0])
+            timers.stack.append([name, time.perf_counter(), time.process_time(), 0.0, 0.0])
             try:
                 return fn(*args, **kwargs)
             finally:
-                name, start, children = timers.stack.pop()
-                elapsed = time.perf_counter() - start
+                name, start, cstart, children, cchildren = timers.stack.pop()
+                elapsed, celapsed = time.perf_counter() - start, time.process_time() - cstart
                 timers.total[name] = timers.total.get(name, 0.0) + elapsed - children
+                timers.cpu[name] = timers.cpu.get(name, 0.0) + celapsed - cchildren
                 timers.calls[name] = timers.calls.get(name, 0) + 1
                 if timers.stack:
-                    timers.stack[-1][2] += elapsed
+                    timers.stack[-1][3] += elapsed
+                    timers.stack[-1][4] += celapsed
 
         wrapper._phase_wrapped = True
         wrapper.__name__ = getattr(fn, "__name__", attr)
@@ -108,7 +111,7 @@ def main(argv: list[str]) -> None:
     threads = int(os.environ.get("OMP_NUM_THREADS", "1") or 1)
     torch.set_num_threads(threads)
     timers = PhaseTimers()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for owner_path, attr, label in PATCHES:
         owner = _get(owner_path)
         if owner is not None:
@@ -117,15 +120,16 @@ def main(argv: list[str]) -> None:
     timers.wrap(compose, "__call__", label_of=_compose_label)
     run = importlib.import_module("noisy_prompt.run")
     sys.argv = ["noisy_prompt.run", *argv]
-    c0 = time.process_time()
     try:
         run.main()
     finally:
         wall = time.perf_counter() - t0
         phases = dict(sorted(timers.total.items(), key=lambda kv: -kv[1]))
-        record = {"wall_s": wall, "cpu_s": time.process_time() - c0, "threads": torch.get_num_threads(),
-                  "phases": phases, "calls": timers.calls,
-                  "other": wall - sum(phases.values()), "package": os.path.dirname(run.__file__)}
+        cpu = time.process_time() - c0
+        record = {"wall_s": wall, "cpu_s": cpu, "threads": torch.get_num_threads(),
+                  "phases": phases, "phases_cpu": timers.cpu, "calls": timers.calls,
+                  "other": wall - sum(phases.values()), "other_cpu": cpu - sum(timers.cpu.values()),
+                  "package": os.path.dirname(run.__file__)}
         if out:
             with open(out, "w") as fh:
                 json.dump(record, fh, indent=1)

@@ -106,6 +106,19 @@ class LabeledFeatures(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         return {"x": self.views[self.view, i], "label": self.labels[i], "clean_label": self.clean[i], "index": i}
 
+    def __getitems__(self, indices: list[int]) -> dict[str, Any]:
+        """A whole batch by one tensor index (the DataLoader calls this instead of __getitem__ per item and
+        then `collate_batch`): the same tensors default_collate builds from the items, without a Python
+        dict per item (on the world's DP-SEP cells that per-item work took ~12% of the wall time)."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return {"x": self.views[self.view, idx], "label": self.labels[idx], "clean_label": self.clean[idx],
+                "index": idx}
+
+
+def collate_batch(batch):
+    """collate_fn of loaders over LabeledFeatures: its __getitems__ already returns the batch."""
+    return batch if isinstance(batch, dict) else torch.utils.data.default_collate(batch)
+
 
 def pixels32(split: ImageSplit) -> np.ndarray:
     """Flattened 32x32 RGB raw pixels (float) per item: the features of Xia et al.'s instance noise."""
@@ -381,6 +394,10 @@ class CLIPDataModule(L.LightningDataModule):
         if getattr(self, "_train_sampler", None) is not None:
             self._train_sampler.set_epoch(epoch)
 
+    @staticmethod
+    def _collate(ds):
+        return collate_batch if isinstance(ds, LabeledFeatures) else None
+
     def _workers_for(self, ds) -> int:
         # Cached features are a tensor index, and a memoised evaluation set is faster in this process
         # (workers would each transform it again and ship the tensors back): no workers for either.
@@ -394,7 +411,7 @@ class CLIPDataModule(L.LightningDataModule):
         sampler = _eval_sampler(ds) if exact else None
         return DataLoader(ds, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
                           num_workers=workers, generator=gen, drop_last=drop_last, persistent_workers=workers > 0,
-                          pin_memory=self._pin_memory())
+                          pin_memory=self._pin_memory(), collate_fn=self._collate(ds))
 
     def train_dataloader(self):
         # Under DDP Lightning replaces this sampler with a DistributedSampler (itself seeded per epoch).
@@ -402,7 +419,7 @@ class CLIPDataModule(L.LightningDataModule):
         workers = self._workers_for(self.train_set)
         return DataLoader(self.train_set, batch_size=self.batch_size, sampler=self._train_sampler, num_workers=workers,
                           generator=torch.Generator().manual_seed(self.seed), persistent_workers=workers > 0,
-                          pin_memory=self._pin_memory())
+                          pin_memory=self._pin_memory(), collate_fn=self._collate(self.train_set))
 
     def val_dataloader(self):
         return [] if self.val_set is None else self._loader(self.val_set, False, self.eval_batch_size, exact=True)
