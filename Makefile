@@ -12,7 +12,7 @@ TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 PYTEST_PAR = -n $(TEST_WORKERS) --dist worksteal
 ARGS ?=
 
-.PHONY: install run test test-fast sweep aggregate evidence bench bench-gpu pretrain calibrate clean
+.PHONY: install run test test-fast sweep aggregate evidence bench bench-gpu bench-loader bench-tango pretrain calibrate clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -55,7 +55,15 @@ bench: install
 
 # One GPU, under 5 minutes: prompt paths in 16-mixed/bf16, TANGO images/s + MFU, k-NN at 50k, Table 1 GPU-hours.
 bench-gpu: install
-	$(ENV) $(BIN)/python -m noisy_prompt.bench_gpu $(ARGS)
+	$(ENV) $(BIN)/python -m noisy_prompt.bench gpu $(ARGS)
+
+# CPU: images/s of the training loader on a generated JPEG tree against this machine's decode limit (docs/speed.md).
+bench-loader: install
+	$(ENV) $(BIN)/python -m noisy_prompt.bench loader $(ARGS)
+
+# CPU: TANGO's epoch against a plain CE fine-tuning epoch on ViT-B/16 (random weights), purification at N = 50,000.
+bench-tango: install
+	$(ENV) $(BIN)/python -m noisy_prompt.bench tango $(ARGS)
 
 # Rebuilds the built-in tiny CLIP (about 40 minutes on 2 CPU cores; resumable).
 pretrain: install

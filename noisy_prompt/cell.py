@@ -48,7 +48,7 @@ _CELL_OVERRIDES = {"model", "data", "noise", "backbone", "seed", "sweep", "train
 # Everything else counts as a setting (when unsure, a new dir is the safe side: never a stale number).
 _NON_RESULT_EXACT = {"cell", "run_dir", "force", "figures", "data_dir", "log_dir", "cache_dir", "lock_wait_s",
                      "allow_synthetic_backbone", "trainer", "logger", "callbacks", "paths", "hydra",
-                     "data.num_workers", "data.cache_dir", "data.data_dir", "data.eval_batch_size", "data.device",
+                     "data.num_workers", "data.cache_dir", "data.cache_images", "data.cache_images_mb", "data.data_dir", "data.eval_batch_size", "data.device",
                      "trainer.accelerator", "trainer.devices", "trainer.strategy", "trainer.num_nodes",
                      "trainer.log_every_n_steps", "trainer.enable_progress_bar", "trainer.enable_model_summary",
                      "trainer.num_sanity_val_steps", "trainer.sync_batchnorm", "model.block_size",

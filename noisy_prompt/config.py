@@ -52,7 +52,7 @@ def result_config(cfg: DictConfig) -> dict:
     resolved["seed"] = int(cfg.seed)
     resolved["max_epochs"] = cfg.trainer.max_epochs
     resolved["train_data"] = str(cfg.get("train_data") or cfg.data.name)
-    for drop in ("data_dir", "cache_dir", "num_workers", "eval_batch_size", "device"):
+    for drop in ("data_dir", "cache_dir", "num_workers", "eval_batch_size", "device", "cache_images", "cache_images_mb"):
         resolved.get("data", {}).pop(drop, None)
     model = resolved.get("model", {})
     model.pop("block_size", None)  # memory, not results

@@ -4,7 +4,8 @@ import re
 
 import pytest
 
-from noisy_prompt import bench, bench_gpu
+from noisy_prompt.bench import gpu as bench_gpu
+from noisy_prompt.bench import prompt as bench
 
 
 def test_class_names_subset_is_a_prefix_of_the_full_draw():
@@ -68,3 +69,60 @@ def test_amp_step_is_one_optimiser_step_of_the_given_loss():
         torch.testing.assert_close(w.detach(), torch.ones(3) - 0.1 * x, rtol=0, atol=tol)
         step(x, 2.0)  # a second step's gradient is 2x, not accumulated onto the first
         torch.testing.assert_close(w.detach(), torch.ones(3) - 0.3 * x, rtol=0, atol=tol)
+
+
+def test_bench_package_has_no_import_circle():
+    """Every benchmark module may import the shared helpers (`prompt`), and `prompt` imports no benchmark."""
+    import ast
+    from pathlib import Path
+
+    import noisy_prompt.bench as pkg
+
+    folder = Path(pkg.__file__).parent
+    imports = {}
+    for f in folder.glob("*.py"):
+        names = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("noisy_prompt.bench"):
+                names.update(f"{node.module}.{a.name}" if node.module == "noisy_prompt.bench" else node.module
+                             for a in node.names)
+            elif isinstance(node, ast.Import):
+                names.update(a.name for a in node.names if a.name.startswith("noisy_prompt.bench"))
+        imports[f.stem] = {n.rsplit(".", 1)[-1] for n in names}
+    assert imports["prompt"] <= set(), imports["prompt"]
+    for stem, names in imports.items():
+        if stem not in ("__init__", "__main__"):
+            assert names <= {"prompt"}, (stem, names)
+    assert {"prompt", "gpu", "loader", "tango", "cell"} <= set(imports)
+
+
+def test_bench_dispatch_names_every_benchmark(capsys):
+    from noisy_prompt import bench as pkg
+
+    with pytest.raises(SystemExit) as err:
+        pkg.main(["--help"])
+    assert err.value.code == 0
+    out = capsys.readouterr().out
+    assert all(f"\n{name} " in out for name in ("prompt", "gpu", "loader", "tango", "cell"))
+
+
+@pytest.mark.slow
+def test_loader_bench_smoke(capsys):
+    from noisy_prompt.bench import loader
+
+    r = loader.main(["--smoke"])
+    out = capsys.readouterr().out
+    assert r["images_s"] > 0 and r["limit_images_s"] > 0 and r["n"] == 24
+    assert r["workers"] >= 1  # auto for a GPU run: never 0
+    assert "loader / limit:" in out and "decode limit" in out
+
+
+@pytest.mark.slow
+def test_tango_bench_smoke(capsys):
+    from noisy_prompt.bench import tango
+
+    r = tango.main(["--smoke"])
+    e = r["epoch"]
+    assert set(r["step_s"]) == {"plain", "tango", "plain_2B"} and all(v > 0 for v in r["step_s"].values())
+    assert e["tango"] == pytest.approx(e["tango_train"] + e["feature_pass"] + e["purify"])
+    assert "x plain" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""The device benchmark: `make bench-gpu` (= `python -m noisy_prompt.bench_gpu`), under 5 minutes on one GPU.
+"""The device benchmark: `make bench-gpu` (= `python -m noisy_prompt.bench gpu`), under 5 minutes on one GPU.
 
 Prints, on CUDA:
 1. the DP-SEP prompt-path table (dassl / cut / prefix; ViT-B/32 and RN50 random weights; C = 37, 102,
@@ -23,7 +23,7 @@ from types import SimpleNamespace
 
 import torch
 
-from noisy_prompt import bench
+from noisy_prompt.bench import prompt as bench
 
 # Dense fp16/bf16 tensor-core peaks (FLOP/s) by device-name fragment; --peak-tflops overrides.
 PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0,
@@ -199,8 +199,8 @@ def project_table1(times: dict, precision: str, backbone: str, enc_images_s: flo
     return lines, total_train + total_enc
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m noisy_prompt.bench_gpu", description=__doc__,
+def main(argv: list[str] | None = None, prog: str = "python -m noisy_prompt.bench gpu") -> None:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--tiny", action="store_true", help="smoke mode: synthetic CLIP, few classes, small N")
@@ -251,7 +251,3 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  total {total:.2f} GPU-hours (one GPU; step time interpolated linearly in C between the "
               "measured C; image decoding/augmentation, evaluation passes and process start-up not included)")
     print(f"\nbench-gpu wall time {time.perf_counter() - t_start:.0f} s", flush=True)
-
-
-if __name__ == "__main__":
-    main()

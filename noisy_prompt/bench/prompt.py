@@ -1,4 +1,4 @@
-"""Benchmarks (not tests: they print numbers). `python -m noisy_prompt.bench <what>`:
+"""`python -m noisy_prompt.bench prompt|dpsep`: the DP-SEP prompt paths (not a test: it prints numbers).
 
 prompt  steps/s and memory of one DP-SEP training step for the three text paths, in one process, on the
         same model: `dassl` = every image batch through the frozen image encoder + the full 77-token
@@ -7,7 +7,8 @@ prompt  steps/s and memory of one DP-SEP training step for the three text paths,
         batched over classes (`noisy_prompt/clip/prefix_forward.py`). All three run the identical
         DP-SEP loss and optimiser step and are exact (parity: tests/test_prompt_prefix.py).
 dpsep   the older two-way comparison (ours = cut path vs the Dassl loop).
-gpu     the device suite (`noisy_prompt/bench_gpu.py`, `make bench-gpu`).
+Shared helpers of the other benchmarks (class names, random-weight backbones, the timed optimiser step)
+live here too; `noisy_prompt.bench.gpu` imports them (one direction only).
 """
 from __future__ import annotations
 
@@ -277,10 +278,10 @@ def bench_dpsep(backbone: str, num_classes: int, batch_size: int, steps: int, wa
             "text_len_ref": r["len"]["dassl"], "ours_steps_s": ours, "ref_steps_s": ref, "ratio": ours / ref}
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m noisy_prompt.bench", description=__doc__,
+def main(argv: list[str] | None = None, prog: str = "python -m noisy_prompt.bench prompt") -> None:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("method", choices=["prompt", "dpsep", "gpu"])
+    p.add_argument("method", choices=["prompt", "dpsep"])
     p.add_argument("--backbones", nargs="+", default=None, choices=sorted(BACKBONES))
     p.add_argument("--classes", type=int, nargs="+", default=None,
                    help="numbers of classes (the text tower runs on 2C prompts per DP-SEP step)")
@@ -294,14 +295,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="prompt: timed steps of the (slow) dassl path (default: --steps on CUDA, 1 on CPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 1 on CUDA, 0 on CPU)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args, rest = p.parse_known_args(argv)
-    if args.method == "gpu":
-        from noisy_prompt import bench_gpu
-
-        bench_gpu.main(rest)
-        return
-    if rest:
-        p.error(f"unrecognized arguments: {' '.join(rest)}")
+    args = p.parse_args(argv)
     print(f"device={args.device} torch threads={torch.get_num_threads()}")
     on_cpu = torch.device(args.device).type == "cpu"
     if args.warmup is None:
@@ -325,7 +319,3 @@ def main(argv: list[str] | None = None) -> None:
         r = bench_dpsep(bb, c, args.batch_size, n, args.warmup, args.device)
         print(f"{r['backbone']:24s} {c:4d} {args.batch_size:3d} {r['text_len_ours']:>5d}/{r['text_len_ref']:<6d} "
               f"{r['ours_steps_s']:10.2f} {r['ref_steps_s']:9.2f} {r['ratio']:6.1f}x", flush=True)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,3 @@
+from noisy_prompt.bench import main
+
+main()
