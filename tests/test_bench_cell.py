@@ -106,6 +106,9 @@ EXPECTED = {
 def test_world_cell_metrics_equal_the_base_commit(preset, tmp_path):
     here = str(__import__("pathlib").Path(__file__).resolve().parents[1])
     rec = run_once(here, PRESETS[preset] + RUN, tmp_path, "new", tmp_path / "cache", threads=1)
-    assert rec["metrics"] == EXPECTED[preset]["metrics"]
+    # Every metric the base commit reported is unchanged to the digit (later commits add metrics, e.g. the
+    # label-issue report's, which the base commit could not have recorded).
+    expected = EXPECTED[preset]["metrics"]
+    assert {k: rec["metrics"].get(k) for k in expected} == expected
     assert rec["losses"] == EXPECTED[preset]["losses"]
     assert rec["threads"] == 1

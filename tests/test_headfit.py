@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from noisy_prompt.clip import PromptTextEncoder
-from noisy_prompt.data.datamodule import LabeledFeatures
+from noisy_prompt.data.datamodule import LabeledFeatures, collate_batch
 from noisy_prompt.synthetic import headfit
 
 
@@ -72,10 +72,10 @@ class _DM:
         self.sampler.set_epoch(epoch)
 
     def train_dataloader(self):
-        return torch.utils.data.DataLoader(self.train_set, batch_size=16, sampler=self.sampler)
+        return torch.utils.data.DataLoader(self.train_set, batch_size=16, sampler=self.sampler, collate_fn=collate_batch)
 
     def train_eval_dataloader(self):
-        return torch.utils.data.DataLoader(self.train_eval_set, batch_size=64)
+        return torch.utils.data.DataLoader(self.train_eval_set, batch_size=64, collate_fn=collate_batch)
 
 
 @pytest.mark.parametrize("per_image_variation", [False, True])
