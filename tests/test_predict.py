@@ -11,7 +11,6 @@ import json
 import subprocess
 import sys
 from contextlib import redirect_stderr
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from fake_trees import write_image
 from noisy_prompt.methods.base import PREDICTOR_FILE
 from noisy_prompt.predict import InputError, collect_inputs, main as predict_main, predict
 from noisy_prompt.predictor import PredictorError, load_predictor, predictor_file, read_payload
+from report_html import parse
 
 CLASSES = ["red circle", "blue striped square", "green star"]
 DESCRIPTIONS = {c: [f"a thing called {c}.", f"{c}, drawn."] for c in CLASSES}
@@ -230,21 +230,6 @@ def detection(rows: list[dict[str, str]]) -> dict[str, float]:
             "label_issues/precision_at_noisy": sum(top) / len(top)}
 
 
-class _Cards(HTMLParser):
-    """The gallery cards of report.html (their class and data-* attributes) and every image source."""
-
-    def __init__(self):
-        super().__init__()
-        self.cards, self.images = [], []
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        if tag == "div" and "card" in (a.get("class") or "").split():
-            self.cards.append(a)
-        if tag == "img":
-            self.images.append(a["src"])
-
-
 @pytest.mark.slow
 def test_worked_example_of_the_docs(tmp_path):
     from noisy_prompt.methods.selection import LABEL_ISSUES_FILE, read_label_issues_csv
@@ -275,8 +260,7 @@ def test_worked_example_of_the_docs(tmp_path):
     assert m["purify/precision_last"] > 0.9  # the clean set TANGO keeps is mostly clean
     # The page: written beside the run, a thumbnail of each of the 48 top suspects, most of them flipped labels.
     assert report_main([str(run)]) == 0
-    page = _Cards()
-    page.feed((run / "report.html").read_text(encoding="utf-8"))
+    page = parse((run / "report.html").read_text(encoding="utf-8"))
     top = sorted(rows, key=lambda r: int(r["rank"]))[:48]
     assert [c["data-index"] for c in page.cards] == [r["index"] for r in top]
     assert [c["data-given"] for c in page.cards] == [r["given_class"] for r in top]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from noisy_prompt.methods.selection import (
 )
 from noisy_prompt.reporting import report_page
 from noisy_prompt.reporting.report_page import ReportError, build_page, main, render, write_report
+from report_html import parse
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -138,36 +138,6 @@ def test_report_schema_for_every_method_that_trains(runs, model):
     assert torch.all(test["topk_prob"][:, :-1] >= test["topk_prob"][:, 1:])
 
 
-class _Page(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.cards, self.options, self.images, self.text = [], [], [], []
-        self.urls, self.tables = [], []
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        if tag == "div" and "card" in (a.get("class") or "").split():
-            self.cards.append(a)
-        if tag == "option":
-            self.options.append(a["value"])
-        if tag == "img":
-            self.images.append(a["src"])
-        if tag == "table":
-            self.tables.append(a.get("id"))
-        for key in ("src", "href"):
-            if a.get(key):
-                self.urls.append(a[key])
-
-    def handle_data(self, data):
-        self.text.append(data)
-
-
-def _parse(text: str) -> _Page:
-    p = _Page()
-    p.feed(text)
-    return p
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["tango", "coop"])
 def test_report_page_of_a_run(runs, model, capsys):
@@ -176,7 +146,7 @@ def test_report_page_of_a_run(runs, model, capsys):
     out = Path(capsys.readouterr().out.strip())
     assert out == run_dir / "report.html"
     text = out.read_text()
-    page = _parse(text)
+    page = parse(text)
     res = json.loads((run_dir / "results.json").read_text())
     rows = _rows(run_dir)
     body = " ".join(page.text)
@@ -224,7 +194,7 @@ def test_gallery_images_follow_the_rows_and_the_page_is_offline(tmp_path):
     page = build_page(run, top=5)
     assert [it.row["index"] for it in page.items] == ["5", "2", "0", "7", "6"]
     assert list(page.matrices.values())[0] and list(page.matrices.values())[1]
-    parsed = _parse(render(page))
+    parsed = parse(render(page))
     assert len(parsed.cards) == 5 and parsed.options == ["*", "cat", "dog", "owl"]
     assert sorted(c["data-given"] for c in parsed.cards) == ["cat", "cat", "dog", "owl", "owl"]
     import base64
