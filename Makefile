@@ -65,9 +65,12 @@ bench-loader: install
 bench-tango: install
 	$(ENV) $(BIN)/python -m noisy_prompt.bench tango $(ARGS)
 
-# Rebuilds the built-in tiny CLIP (about 40 minutes on 2 CPU cores; resumable).
+# Rebuilds the built-in tiny CLIP of world 3 from its seed, on one thread (bit-for-bit; hours of CPU):
+# resumes from the committed checkpoint in pretrain_checkpoints/ and writes noisy_prompt/synthetic/weights/.
+# ARGS="--preset synthetic-clip-v2 --checkpoint-dir DIR" rebuilds world 2's weights.
 pretrain: install
-	$(ENV) OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/python -m noisy_prompt.synthetic.pretrain $(ARGS)
+	$(ENV) OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m noisy_prompt.tools.pretrain \
+		--checkpoint-dir pretrain_checkpoints/synthetic-clip-v3 $(ARGS)
 
 # Targets T1-T8 of the synthetic world (docs/synthetic-world.md): 3 seeds; ARGS=--quick for one seed.
 calibrate: install

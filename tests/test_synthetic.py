@@ -11,7 +11,8 @@ import torch
 
 from noisy_prompt.data.base import DatasetSplits
 from noisy_prompt.synthetic import SYNTHETIC_CLIP_DIR, class_descriptions, read_synthetic
-from noisy_prompt.synthetic import captions, pretrain, world
+from noisy_prompt.synthetic import captions, world
+from noisy_prompt.tools import pretrain
 from noisy_prompt.synthetic.dataset import SyntheticImageLoader
 
 
@@ -205,77 +206,13 @@ def test_class_descriptions_are_distinct_stable_and_on_topic():
 
 
 # ---------------------------------------------------------------------------------------------
-# Pretraining script (tiny run) and the committed weights
-
-
-TINY = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
-        "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
-
-
-def _tiny_config(tmp_path, steps: int) -> pretrain.PretrainConfig:
-    return pretrain.PretrainConfig(out=str(tmp_path / "clip"), steps=steps, batch_size=8, warmup_steps=1,
-                                   threads=1, checkpoint_every=1, eval_per_class=1, model_cfg=TINY, init_from="",
-                                   merge_start=0, merge_every=1, merge_rows=0.5, merge_classes=8, scale_ramp_steps=2)
-
-
-def test_merging_prefix_ascent_raises_the_class_cosine_at_token_norm():
-    torch.manual_seed(0)
-    import open_clip
-
-    cfg = pretrain.PretrainConfig(merge_ascent_steps=5, merge_ascent_lr=0.3)
-    model = pretrain.build_model(TINY)
-
-    tok = open_clip.tokenizer.SimpleTokenizer(context_length=32)
-    classes = tok([n + "." for n in world.CLASSNAMES[:16]])
-    prefix = torch.randn(16, 32)
-    before = pretrain.mean_offdiag_cosine(pretrain.encode_text_with_prefix(model, classes, prefix))
-    new, after = pretrain.update_merging_prefix(model, prefix, classes, cfg)
-    assert after > float(before.detach())
-    torch.testing.assert_close(new.norm(dim=-1), torch.full((16,), pretrain.token_norm(model)), rtol=1e-4, atol=1e-4)
-    assert all(p.requires_grad for n, p in model.named_parameters() if n != "logit_scale")
-    assert not model.logit_scale.requires_grad
-
-
-@pytest.mark.slow
-def test_pretrain_resumes_after_an_interruption_with_the_scale_fixed_at_100(tmp_path, monkeypatch):
-    real_save = pretrain._atomic_torch_save
-
-    def dies_after_checkpoint_2(obj, path):
-        real_save(obj, path)
-        if obj["step"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(pretrain, "_atomic_torch_save", dies_after_checkpoint_2)
-    with pytest.raises(KeyboardInterrupt):
-        pretrain.train(_tiny_config(tmp_path, 3), progress=False)
-    out = tmp_path / "clip"
-    assert torch.load(out / pretrain.CHECKPOINT_NAME, weights_only=False)["step"] == 2
-
-    with pytest.raises(SystemExit, match="other settings"):
-        pretrain.train(pretrain.PretrainConfig(**{**vars(_tiny_config(tmp_path, 3)), "lr": 0.5}), progress=False)
-
-    monkeypatch.setattr(pretrain, "_atomic_torch_save", real_save)
-    metrics = pretrain.train(_tiny_config(tmp_path, 3), progress=False)
-    assert metrics["loss"]["steps"] == 3
-    assert abs(metrics["logit_scale"] - 100.0) < 0.1
-    assert not (out / pretrain.CHECKPOINT_NAME).exists()
-    assert {p.name for p in out.iterdir()} == {
-        "open_clip_config.json", "open_clip_model.safetensors", "train_config.json", "metrics.json"}
-    settings = json.loads((out / "train_config.json").read_text())
-    assert settings["steps"] == 3 and settings["logit_scale"] == 100.0
-
-
-def test_scale_ramp_ends_at_100():
-    cfg = pretrain.PretrainConfig(scale_init=24.4, scale_ramp_steps=10)
-    assert pretrain.scale_at(cfg, 0) == pytest.approx(24.4)
-    assert 24.4 < pretrain.scale_at(cfg, 5) < 100
-    assert pretrain.scale_at(cfg, 10) == pretrain.scale_at(cfg, 10_000) == 100.0
+# The committed small CLIP (the pretraining tool is tested in tests/test_pretrain.py)
 
 
 @pytest.fixture(scope="module")
 def committed_clip():
     if not (SYNTHETIC_CLIP_DIR / "open_clip_model.safetensors").exists():
-        pytest.fail(f"committed weights missing under {SYNTHETIC_CLIP_DIR}; run python -m noisy_prompt.synthetic.pretrain")
+        pytest.fail(f"committed weights missing under {SYNTHETIC_CLIP_DIR}; run make pretrain")
     return pretrain.load_local_dir(SYNTHETIC_CLIP_DIR)
 
 
@@ -352,3 +289,95 @@ def test_probe_train_fit_counts_memorised_and_recovered_labels():
     assert fit["train/mislabelled"] == pytest.approx(50.0)
     assert fit["train/fit_noisy"] == pytest.approx(100 / 3) and fit["train/fit_true_of_noisy"] == pytest.approx(200 / 3)
     assert fit["train/fit_clean"] == pytest.approx(100.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# World 3 (instance attributes) beside world 2
+
+
+def _digest(arrays) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def test_world2_images_are_the_ones_its_weights_and_records_were_made_with():
+    """World 2 stays loadable (backbone=synthetic_v2): adding world 3 changed none of its pixels. The
+    digest was taken before world 3 was written."""
+    images = []
+    for i in range(40):
+        images += [world.render(0, "train", i, "field", i % 256), world.render(0, "train", i, "plain", i % 256),
+                   world.render(0, "pretrain", i, "pretrain", i % 256)]
+    assert _digest(images) == "593f1900812b77170b4a0209f3f47e153d0152f53021d2db4d5b99332a397204"
+
+
+def test_world3_instance_attributes_vary_independently_and_deterministically():
+    scenes = [world.sample_scene(0, "train", i, "field", 7, world=3) for i in range(400)]
+    assert all(s.world == 3 and set(s.instance) == {"background", "companion", "outline", "light", "shadow", "occluder"}
+               for s in scenes)
+    assert {s.instance["background"] for s in scenes} == set(world.BACKGROUNDS)
+    assert 0.4 < sum(s.instance["companion"] is not None for s in scenes) / 400 < 0.6
+    assert {s.instance["outline"] for s in scenes} == set(world.OUTLINES)
+    # same (seed, split, index) -> same scene and pixels, in any order; world 2 draws no instance attributes
+    again = world.sample_scene(0, "train", 5, "field", 7, world=3)
+    assert again.instance == scenes[5].instance
+    np.testing.assert_array_equal(world.render(0, "train", 5, "field", 7, 3), world.render(0, "train", 5, "field", 7, 3))
+    assert world.sample_scene(0, "train", 5, "field", 7).instance == {}
+    # the class's own draws are world 2's (same colour jitter and conditions), only the size range differs
+    w2 = world.sample_scene(0, "train", 5, "field", 7)
+    assert w2.conditions == scenes[5].conditions and w2.rgb == scenes[5].rgb
+    with pytest.raises(ValueError, match="unknown synthetic world version 9"):
+        world.sample_scene(0, "train", 5, "field", 7, world=9)
+
+
+def test_world3_images_of_one_class_differ_more_than_world2s():
+    """The point of world 3 (docs/world-probes.md): per-image variation the class does not explain."""
+    def within_class_spread(version):
+        x = np.stack([world.render(0, "train", i, "plain", 11, version) for i in range(60)]).reshape(60, -1) / 255.0
+        return float(np.mean(np.var(x, axis=0)))
+
+    assert within_class_spread(3) > 1.5 * within_class_spread(2)
+
+
+def test_world3_captions_name_instance_attributes_and_world2_captions_do_not():
+    named = {"background": 0, "companion": 0}
+    for i in range(300):
+        sc = world.sample_scene(0, "pretrain", i, "pretrain", i % 256, world=3)
+        text = captions.pretraining_caption(sc, world.scene_rng(0, "pretrain", i, 3))
+        bg = sc.instance["background"]
+        if bg != "grey" and any(p in text for p in captions.BACKGROUND_PHRASES[bg]):
+            named["background"] += 1
+        if sc.instance["companion"] and f"{sc.instance['companion'][1]} {sc.instance['companion'][0]}" in text:
+            named["companion"] += 1
+        # never a background the photo does not have
+        for other, phrases in captions.BACKGROUND_PHRASES.items():
+            if other != bg:
+                assert not any(f" {p}" in text and p not in " ".join(captions.BACKGROUND_PHRASES[bg]) for p in phrases
+                               if p in ("on grass", "at night", "on a brick wall", "on sand")), (text, bg)
+    assert 40 < named["background"] < 150 and 25 < named["companion"] < 100
+    for i in range(100):
+        sc = world.sample_scene(0, "pretrain", i, "pretrain", i % 256)
+        text = captions.pretraining_caption(sc, world.scene_rng(0, "pretrain", i, 3))
+        assert not any(p in text for ps in captions.BACKGROUND_PHRASES.values() for p in ps)
+
+
+def test_backbone_names_the_world_its_data_renders():
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    import noisy_prompt.config  # noqa: F401  (resolvers)
+
+    conf = Path(__file__).resolve().parent.parent / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        v2 = compose("run", overrides=["backbone=synthetic_v2", "data=synthetic"], return_hydra_config=True)
+        default = compose("run", overrides=["data=synthetic_full"], return_hydra_config=True)
+    assert v2.data.reader_kwargs.world == 2 == v2.backbone.world
+    assert default.data.reader_kwargs.world == default.backbone.world
+    ds = read_synthetic(num_train_per_class=1, num_val_per_class=0, num_test_per_class=1, world=3)
+    assert ds.train.keys[0].startswith("world3/") and ds.train.loader.world == 3
+    with pytest.raises(ValueError, match="world version"):
+        read_synthetic(num_train_per_class=1, world=1)

@@ -51,7 +51,7 @@ def resolve_model_name(model: str) -> str:
         if not (path / "open_clip_config.json").is_file():
             raise WeightsNotFoundError(
                 f"built-in model '{model}' is missing: expected {path}/open_clip_config.json and weights. "
-                "Rebuild it with `python -m noisy_prompt.synthetic.pretrain`."
+                "Rebuild it with `make pretrain` (noisy_prompt.tools.pretrain)."
             )
         return f"local-dir:{path}"
     return model

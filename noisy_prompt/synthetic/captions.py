@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .world import COLOURS, CONDITIONS, PATTERNS, SHAPES, Scene, split_classname
+from .world import BACKGROUNDS, COLOURS, CONDITIONS, LIGHTS, OUTLINES, PATTERNS, SHAPES, Scene, split_classname
 
 # Adjectives for the photo when a caption names a condition.
 CONDITION_WORDS: dict[str, tuple[str, ...]] = {
@@ -89,6 +89,32 @@ PATTERN_WORDS: dict[str, tuple[str, ...]] = {
 }
 
 
+# World 3's instance attributes in words (phrases that follow the object phrase). A grey background,
+# no outline and no directional light are not named: captions name what stands out.
+BACKGROUND_PHRASES: dict[str, tuple[str, ...]] = {
+    "grass": ("on grass", "on the lawn", "on green grass"),
+    "sky": ("against the sky", "against a blue sky", "in the sky"),
+    "bricks": ("on a brick wall", "against bricks", "on red bricks"),
+    "tiles": ("on tiles", "on a tiled floor", "on white tiles"),
+    "sand": ("on sand", "on the beach", "on yellow sand"),
+    "wood": ("on wood", "on a wooden table", "on wooden boards"),
+    "snow": ("in the snow", "on snow", "on white snow"),
+    "night": ("at night", "in the dark night", "under the stars"),
+}
+OUTLINE_PHRASES: dict[str, tuple[str, ...]] = {
+    "thin": ("with a thin dark outline", "with a thin black edge", "outlined thinly"),
+    "thick": ("with a thick dark outline", "with a thick black edge", "outlined in bold black"),
+}
+LIGHT_PHRASES: dict[str, tuple[str, ...]] = {
+    side: (f"lit from the {side}", f"with light from the {side}", f"bright on the {side}")
+    for side in ("left", "right", "top", "bottom")
+}
+SHADOW_PHRASES: tuple[str, ...] = ("casting a shadow", "with a shadow", "with a dark shadow")
+OCCLUDER_PHRASES: tuple[str, ...] = ("partly hidden by a grey bar", "behind a grey bar", "crossed by a grey bar")
+COMPANION_TEMPLATES: tuple[str, ...] = ("next to a small {c} {s}", "with a small {c} {s} in the {k}",
+                                        "and a little {c} {s}", "beside a tiny {c} {s}")
+
+
 @dataclass(frozen=True)
 class CaptionMix:
     """How pretraining captions are drawn (recorded in train_config.json)."""
@@ -103,6 +129,8 @@ class CaptionMix:
     p_lead: float = 0.25  # a distractor before the caption
     p_tail: float = 0.25  # a distractor after it
     p_bare_article: float = 0.3  # write "a" before a vowel too, as the plain template does
+    p_instance: float = 0.4  # world 3: probability that a caption names each instance attribute the photo has
+    max_instance: int = 2  # at most this many per caption (captions stay within the 32-token context)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -128,11 +156,44 @@ def object_phrase(scene: Scene, colour: str, rng: np.random.Generator, mix: Capt
     return " ".join(words)
 
 
+def _pick(options: tuple[str, ...], rng: np.random.Generator) -> str:
+    return options[int(rng.integers(len(options)))]
+
+
+def instance_phrases(scene: Scene, rng: np.random.Generator, mix: CaptionMix) -> list[str]:
+    """Phrases naming some of the scene's instance attributes (world 3; none for world 2)."""
+    inst = scene.instance
+    if not inst:
+        return []
+    present: list[str] = []
+    if inst["background"] != "grey":
+        present.append(_pick(BACKGROUND_PHRASES[inst["background"]], rng))
+    if inst["companion"]:
+        shape, colour, corner = inst["companion"]
+        present.append(_pick(COMPANION_TEMPLATES, rng).format(c=colour, s=shape, k=corner))
+    if inst["outline"] != "none":
+        present.append(_pick(OUTLINE_PHRASES[inst["outline"]], rng))
+    if inst["light"] != "none":
+        present.append(_pick(LIGHT_PHRASES[inst["light"]], rng))
+    if inst["shadow"]:
+        present.append(_pick(SHADOW_PHRASES, rng))
+    if inst["occluder"]:
+        present.append(_pick(OCCLUDER_PHRASES, rng))
+    named = [p for p in present if rng.random() < mix.p_instance]
+    if len(named) > mix.max_instance:
+        keep = sorted(rng.choice(len(named), mix.max_instance, replace=False))
+        named = [named[i] for i in keep]
+    return named
+
+
 def pretraining_caption(scene: Scene, rng: np.random.Generator, mix: CaptionMix = CaptionMix()) -> str:
     """One caption for `scene`, drawn with `rng` under the convention described in the module doc."""
     named = [c for c in CONDITIONS if c in scene.conditions and rng.random() < mix.p_mention.get(c, 0.0)]
     colour = scene.colour if "tint" in named else scene.apparent_colour
     obj = object_phrase(scene, colour, rng, mix)
+    extra = instance_phrases(scene, rng, mix)
+    if extra:
+        obj = f"{obj} {', '.join(extra)}"
     article = "a" if rng.random() < mix.p_bare_article else _article(obj)
     if named:
         order = rng.permutation(len(named))
@@ -201,6 +262,8 @@ DESCRIPTION_TEMPLATES: tuple[str, ...] = (
 
 assert set(SHAPE_FACTS) == set(SHAPES) and set(COLOUR_WORDS) == set(COLOURS) and set(PATTERN_FACTS) == set(PATTERNS)
 assert set(CONDITION_WORDS) == set(CONDITIONS)
+assert set(BACKGROUND_PHRASES) == set(BACKGROUNDS) - {"grey"} and set(OUTLINE_PHRASES) == set(OUTLINES) - {"none"}
+assert set(LIGHT_PHRASES) == set(LIGHTS) - {"none"}
 
 
 def max_descriptions() -> int:

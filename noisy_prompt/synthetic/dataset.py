@@ -10,13 +10,14 @@ from PIL import Image
 
 from ..data.base import DatasetSplits, ImageSplit
 from .captions import class_descriptions
-from .world import CLASSNAMES, DOWNSTREAM_STYLE, check_style, downstream_classes, render_pil
+from .world import CLASSNAMES, DEFAULT_WORLD, DOWNSTREAM_STYLE, check_style, downstream_classes, render_pil, world_spec
 
-# Bump when the renderer changes what an (index, style, seed, class) looks like. Keys also seed each
-# image's augmentations, so they stay as they are; the cache identity of an image carries
-# world_digest() besides (SyntheticImageLoader.content_digest), so an edit that nobody bumped this
-# for (a field-condition range, say) still never serves cached features of the old images.
-RENDER_VERSION = "synthetic-v3"
+# An image key starts with its world's `key_prefix` (world.WORLDS): a new world gets a new prefix.
+# Keys also seed each image's augmentations, so a world's keys stay as they are; the cache identity
+# of an image carries world_digest() besides (SyntheticImageLoader.content_digest), so an edit that
+# nobody gave a new prefix (a field-condition range, say) still never serves cached features of the
+# old images.
+RENDER_VERSION = world_spec(DEFAULT_WORLD).key_prefix
 # The modules that decide what the dataset holds: pixels and labels (world), the published class
 # descriptions (captions), splits and keys (this file). Pretraining is not among them: it changes
 # the weights, which clip.factory.weights_digest covers.
@@ -33,6 +34,7 @@ class SyntheticImageLoader:
     split: str
     style: str
     class_ids: tuple[int, ...]  # local label -> global class id
+    world: int = 2  # world version (world.WORLDS)
 
     @property
     def content_digest(self) -> str:
@@ -41,7 +43,8 @@ class SyntheticImageLoader:
 
     def __call__(self, index: int) -> Image.Image:
         index = int(index)
-        return render_pil(self.world_seed, self.split, index, self.style, self.class_ids[index % len(self.class_ids)])
+        return render_pil(self.world_seed, self.split, index, self.style, self.class_ids[index % len(self.class_ids)],
+                          self.world)
 
 
 @lru_cache(maxsize=1)
@@ -67,13 +70,14 @@ def content_digest(root: str | Path | None = None, **reader_kwargs) -> str:
     return world_digest()
 
 
-def image_key(split: str, style: str, index: int, world_seed: int = 0, num_classes: int = 64) -> str:
+def image_key(split: str, style: str, index: int, world_seed: int = 0, num_classes: int = 64, world: int = 2) -> str:
     # The image depends on its class, and the class of index i on the class count: both in the key.
     seed_part = "" if world_seed == 0 else f"seed{world_seed}/"
-    return f"{RENDER_VERSION}/{seed_part}c{num_classes}/{split}/{style}/{index}"
+    return f"{world_spec(world).key_prefix}/{seed_part}c{num_classes}/{split}/{style}/{index}"
 
 
-def synthetic_split(split: str, num_per_class: int, style: str, world_seed: int = 0, num_classes: int = 64) -> ImageSplit:
+def synthetic_split(split: str, num_per_class: int, style: str, world_seed: int = 0, num_classes: int = 64,
+                    world: int = 2) -> ImageSplit:
     if num_per_class < 0:
         raise ValueError(f"synthetic split {split!r}: num_per_class must be >= 0, got {num_per_class}")
     check_style(style)
@@ -83,8 +87,8 @@ def synthetic_split(split: str, num_per_class: int, style: str, world_seed: int 
         items=items,
         labels=[i % len(ids) for i in items],  # classes cycle with the index: balanced splits
         classnames=[CLASSNAMES[c] for c in ids],
-        loader=SyntheticImageLoader(world_seed, split, style, ids),
-        keys=[image_key(split, style, i, world_seed, num_classes) for i in items],
+        loader=SyntheticImageLoader(world_seed, split, style, ids, int(world)),
+        keys=[image_key(split, style, i, world_seed, num_classes, world) for i in items],
     )
 
 
@@ -97,20 +101,24 @@ def read_synthetic(
     style: str = DOWNSTREAM_STYLE,
     world_seed: int = 0,
     num_classes: int = 64,
+    world: int = 2,
 ) -> DatasetSplits:
     """The built-in dataset: `num_classes` of the world's patterned coloured-shape classes rendered on
     the fly (`root` is ignored), with the world's class descriptions.
 
     Splits come from separate generator streams, so they never share an image; a larger
-    `num_train_per_class` (hundreds) gives a "full-data" training set.
+    `num_train_per_class` (hundreds) gives a "full-data" training set. `world` is the world version
+    (world.WORLDS): the one the backbone was pretrained on.
     """
     del root  # nothing on disk
-    train = synthetic_split("train", num_train_per_class, style, world_seed, num_classes)
+    world_spec(world)  # unknown versions fail here, naming the known ones
+    train = synthetic_split("train", num_train_per_class, style, world_seed, num_classes, world)
     return DatasetSplits(
         name="synthetic",
         train=train,
-        val=synthetic_split("val", num_val_per_class, style, world_seed, num_classes) if num_val_per_class > 0 else None,
-        test=synthetic_split("test", num_test_per_class, style, world_seed, num_classes),
+        val=(synthetic_split("val", num_val_per_class, style, world_seed, num_classes, world)
+             if num_val_per_class > 0 else None),
+        test=synthetic_split("test", num_test_per_class, style, world_seed, num_classes, world),
         templates=["a photo of a {}."],
         class_descriptions={c: class_descriptions(c, NUM_DESCRIPTIONS) for c in train.classnames},
     )

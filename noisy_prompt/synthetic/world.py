@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import colorsys
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image
@@ -81,9 +81,58 @@ TINT_LIGHT = np.array([1.0, 0.95, 0.88], dtype=np.float32)
 
 MAX_TILT = np.deg2rad(25.0)  # shapes are tilted by at most this much
 
+# ---------------------------------------------------------------------------------------------
+# Instance attributes (world 3): what varies from one photo of a class to the next, besides the
+# conditions, in ways captions can name. The probes (docs/world-probes.md) found that world 2's
+# images of a class differ along only ~11 directions (its shared field conditions), so no head could
+# fit arbitrary wrong labels; each attribute below changes a different part of the picture, drawn
+# independently per image, and captions name each one in some of the photos that have it.
+BACKGROUNDS: tuple[str, ...] = ("grey", "grass", "sky", "bricks", "tiles", "sand", "wood", "snow", "night")
+OUTLINES: tuple[str, ...] = ("none", "thin", "thick")
+LIGHTS: tuple[str, ...] = ("none", "left", "right", "top", "bottom")
+CORNERS: tuple[str, ...] = ("top left", "top right", "bottom left", "bottom right")
+P_COMPANION, P_SHADOW, P_OCCLUDER = 0.5, 0.4, 0.25
+OUTLINE_P = (0.5, 0.25, 0.25)
+LIGHT_P = (0.4, 0.15, 0.15, 0.15, 0.15)
+
+
+@dataclass(frozen=True)
+class WorldSpec:
+    """One version of the world: which images its names and keys stand for.
+
+    Versions coexist so that the weights pretrained on one (and the records made with them) stay
+    usable after the next: `backbone=synthetic_v2` renders world 2, the default backbone world 3.
+    """
+
+    version: int
+    radius: tuple[float, float]  # range of the class shape's radius in pixels
+    instance: bool  # draw instance attributes (background, companion, outline, light, shadow, occluder)
+    key_prefix: str  # first part of every image key (keys also seed augmentations: never change one)
+    field_ranges: dict = field(hash=False, default_factory=dict)  # downstream condition strengths
+
+
+WORLDS: dict[int, WorldSpec] = {
+    2: WorldSpec(2, (8.5, 13.0), False, "synthetic-v3", FIELD_RANGES),
+    # Smaller class shapes leave room for a companion object in a corner.
+    3: WorldSpec(3, (7.0, 11.0), True, "world3", FIELD_RANGES),
+}
+# The world of the default backbone (conf/backbone/synthetic.yaml); world 3 becomes the default when its
+# pretrained weights are committed.
+DEFAULT_WORLD = 2
+
+
+def world_spec(version: int) -> WorldSpec:
+    if int(version) not in WORLDS:
+        raise ValueError(f"unknown synthetic world version {version!r}: expected one of {sorted(WORLDS)}")
+    return WORLDS[int(version)]
+
+
 # Split streams: one id per split so that splits never share a generator state.
 _SPLIT_IDS = {"train": 1, "val": 2, "test": 3, "pretrain": 4}
 _SUPERSAMPLE = 2
+# Generator streams of one image beyond the renderer's 0 (content) and 1 (pixels): world 3's instance
+# attributes and their pixels. (Pretraining uses 3 and 4 for captions.)
+_INSTANCE_STREAM, _INSTANCE_PIXELS_STREAM = 5, 6
 
 
 def class_index(colour: str, shape: str, pattern: str = "solid") -> int:
@@ -152,6 +201,10 @@ class Scene:
     center: tuple[float, float]  # (x, y) in pixels
     angle: float  # radians
     seed_words: tuple[int, int, int]  # (world seed, split id, index): seeds the texture/noise draws
+    world: int = 2  # the WorldSpec version that drew it
+    # Instance attributes (world 3; empty in world 2): background, companion (shape, colour, corner) or
+    # None, outline, light, shadow (bool), occluder (bool).
+    instance: dict = field(hash=False, default_factory=dict)
 
     @property
     def classname(self) -> str:
@@ -183,9 +236,9 @@ class Scene:
         return nearest_colour_name(tint_pixels(np.asarray(self.rgb, dtype=np.float32)[None], t)[0])
 
 
-def _draw_conditions(rng: np.random.Generator, style: str) -> dict:
+def _draw_conditions(rng: np.random.Generator, style: str, field_ranges: dict = FIELD_RANGES) -> dict:
     if style == "field":
-        return {c: float(rng.uniform(*FIELD_RANGES[c])) for c in CONDITIONS}
+        return {c: float(rng.uniform(*field_ranges[c])) for c in CONDITIONS}
     if style == "plain":
         return {}
     if style == "pretrain":
@@ -199,10 +252,26 @@ def _draw_conditions(rng: np.random.Generator, style: str) -> dict:
     raise ValueError(f"unknown synthetic style {style!r}: expected one of {list(STYLES)} or 'pretrain'")
 
 
-def sample_scene(world_seed: int, split: str, index: int, style: str, label: int) -> Scene:
-    """Scene `index` of `split`, showing class `label` (a global class id) under `style`'s conditions."""
+def _draw_instance(rng: np.random.Generator) -> dict:
+    """World 3's instance attributes, from their own stream (world 2's draws stay as they were)."""
+    background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+    companion_present = rng.random() < P_COMPANION
+    companion = (SHAPES[int(rng.integers(len(SHAPES)))], COLOURS[int(rng.integers(len(COLOURS)))],
+                 CORNERS[int(rng.integers(len(CORNERS)))])  # drawn either way: fixed stream layout
+    outline = OUTLINES[int(rng.choice(len(OUTLINES), p=OUTLINE_P))]
+    light = LIGHTS[int(rng.choice(len(LIGHTS), p=LIGHT_P))]
+    shadow = bool(rng.random() < P_SHADOW)
+    occluder = bool(rng.random() < P_OCCLUDER)
+    return {"background": background, "companion": companion if companion_present else None, "outline": outline,
+            "light": light, "shadow": shadow, "occluder": occluder}
+
+
+def sample_scene(world_seed: int, split: str, index: int, style: str, label: int, world: int = 2) -> Scene:
+    """Scene `index` of `split`, showing class `label` (a global class id) under `style`'s conditions,
+    as world version `world` draws it."""
     if not 0 <= int(label) < NUM_CLASSES:
         raise ValueError(f"class id must be in 0..{NUM_CLASSES - 1}, got {label}")
+    spec = world_spec(world)
     rng = scene_rng(world_seed, split, index)
     colour, pattern, shape = CLASS_ATTRS[int(label)]
     hue, sat, val = COLOUR_HSV[colour]
@@ -210,15 +279,16 @@ def sample_scene(world_seed: int, split: str, index: int, style: str, label: int
     sat = float(np.clip(sat * rng.uniform(0.85, 1.1), 0.0, 1.0))
     val = float(np.clip(val * rng.uniform(0.85, 1.06), 0.0, 1.0))
     rgb = colorsys.hsv_to_rgb(hue / 360.0, sat, val)
-    radius = float(rng.uniform(8.5, 13.0))
+    radius = float(rng.uniform(*spec.radius))
     margin = radius + 1.0
     center = (float(rng.uniform(margin, IMAGE_SIZE - margin)), float(rng.uniform(margin, IMAGE_SIZE - margin)))
     angle = float(rng.uniform(-MAX_TILT, MAX_TILT))
-    conditions = _draw_conditions(rng, style)
+    conditions = _draw_conditions(rng, style, spec.field_ranges)
+    instance = _draw_instance(scene_rng(world_seed, split, index, _INSTANCE_STREAM)) if spec.instance else {}
     return Scene(
         label=int(label), colour=colour, pattern=pattern, shape=shape, conditions=conditions,
         rgb=tuple(float(x) for x in rgb), radius=radius, center=center, angle=angle,
-        seed_words=(int(world_seed), _split_id(split), int(index)),
+        seed_words=(int(world_seed), _split_id(split), int(index)), world=spec.version, instance=instance,
     )
 
 
@@ -394,14 +464,111 @@ def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
     return sum(w * rows[i : i + IMAGE_SIZE] for i, w in enumerate(k)).astype(np.float32)
 
 
+def _hsv(h: float, sat: float, val: float) -> np.ndarray:
+    return np.asarray(colorsys.hsv_to_rgb(h % 1.0, sat, val), dtype=np.float32)
+
+
+def _scene_background(kind: str, rng: np.random.Generator) -> np.ndarray:
+    """World 3's backgrounds: muted textures a caption can name ("on grass", "at night")."""
+    if kind == "grey":
+        return _background(rng)
+    noise = rng.normal(0.0, 1.0, size=(IMAGE_SIZE, IMAGE_SIZE)).astype(np.float32)
+    smooth = _UP4 @ rng.normal(0.0, 1.0, size=(4, 4)).astype(np.float32) @ _UP4.T
+    y = _PIX_Y / IMAGE_SIZE
+    if kind == "grass":
+        base = _hsv(rng.uniform(0.25, 0.33), rng.uniform(0.35, 0.5), rng.uniform(0.4, 0.55))
+        streaks = np.repeat(rng.normal(0.0, 1.0, size=(1, IMAGE_SIZE)), IMAGE_SIZE, 0).astype(np.float32)
+        lum = 1.0 + 0.12 * streaks + 0.08 * noise
+    elif kind == "sky":
+        base = _hsv(rng.uniform(0.55, 0.6), rng.uniform(0.25, 0.4), rng.uniform(0.8, 0.92))
+        lum = 1.0 - 0.25 * y + 0.04 * smooth
+    elif kind == "bricks":
+        base = _hsv(rng.uniform(0.0, 0.05), rng.uniform(0.4, 0.55), rng.uniform(0.5, 0.62))
+        row = np.floor(_PIX_Y / 5.0)
+        mortar = (np.mod(_PIX_Y, 5.0) < 1.0) | (np.mod(_PIX_X + 4.0 * np.mod(row, 2), 8.0) < 1.0)
+        lum = np.where(mortar, 1.45, 1.0) + 0.05 * noise
+    elif kind == "tiles":
+        base = _hsv(rng.uniform(0.1, 0.15), rng.uniform(0.08, 0.15), rng.uniform(0.75, 0.85))
+        cell = rng.uniform(7.0, 9.0)
+        grout = (np.mod(_PIX_X, cell) < 1.0) | (np.mod(_PIX_Y, cell) < 1.0)
+        lum = np.where(grout, 0.65, 1.0) + 0.03 * noise
+    elif kind == "sand":
+        base = _hsv(rng.uniform(0.1, 0.13), rng.uniform(0.3, 0.42), rng.uniform(0.75, 0.85))
+        lum = 1.0 + 0.1 * noise + 0.05 * smooth
+    elif kind == "wood":
+        base = _hsv(rng.uniform(0.06, 0.09), rng.uniform(0.5, 0.65), rng.uniform(0.45, 0.58))
+        grain = np.sin(_PIX_Y * rng.uniform(0.9, 1.3) + 2.5 * smooth)
+        lum = 1.0 + 0.15 * grain + 0.04 * noise
+    elif kind == "snow":
+        base = _hsv(rng.uniform(0.55, 0.62), rng.uniform(0.03, 0.1), rng.uniform(0.88, 0.96))
+        lum = 1.0 + 0.04 * noise + 0.04 * smooth
+    elif kind == "night":
+        base = _hsv(rng.uniform(0.6, 0.68), rng.uniform(0.4, 0.6), rng.uniform(0.12, 0.2))
+        stars = (rng.random((IMAGE_SIZE, IMAGE_SIZE)) < 0.02).astype(np.float32)
+        lum = 1.0 + 0.1 * smooth + 4.0 * stars
+    else:
+        raise ValueError(f"unknown background {kind!r}; expected one of {list(BACKGROUNDS)}")
+    return np.clip(base[None, None, :] * lum[:, :, None], 0.0, 1.0).astype(np.float32)
+
+
+_CORNER_XY = {"top left": (5.5, 5.5), "top right": (26.5, 5.5), "bottom left": (5.5, 26.5), "bottom right": (26.5, 26.5)}
+
+
+def _composite(img: np.ndarray, alpha: np.ndarray, colour) -> np.ndarray:
+    a = alpha[:, :, None]
+    return img * (1.0 - a) + np.asarray(colour, dtype=np.float32)[None, None, :] * a
+
+
+def _render_instance_under(scene: Scene, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """What lies under the class shape: the companion object, then the shape's shadow."""
+    inst = scene.instance
+    if inst.get("companion"):
+        shape, colour, corner = inst["companion"]
+        cx, cy = _CORNER_XY[corner]
+        small = replace(scene, shape=shape, radius=float(rng.uniform(3.2, 4.3)), angle=float(rng.uniform(-0.4, 0.4)),
+                        center=(cx + float(rng.uniform(-1, 1)), cy + float(rng.uniform(-1, 1))))
+        h, sat, val = COLOUR_HSV[colour]
+        img = _composite(img, shape_alpha(small), _hsv(h / 360.0, sat, val))
+    if inst.get("shadow"):
+        d = float(rng.uniform(1.5, 2.5))
+        shadow = shape_alpha(replace(scene, center=(scene.center[0] + d, scene.center[1] + d)))
+        img = img * (1.0 - 0.5 * shadow[:, :, None])
+    return img
+
+
+def _render_instance_over(scene: Scene, img: np.ndarray, alpha: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """What lies over the class shape: its outline, an occluding bar, and a directional light."""
+    inst = scene.instance
+    if inst.get("outline", "none") != "none":
+        grow = 1.0 if inst["outline"] == "thin" else 2.0
+        ring = np.clip(shape_alpha(replace(scene, radius=scene.radius + grow)) - alpha, 0.0, 1.0)
+        img = _composite(img, ring, (0.08, 0.08, 0.1))
+    if inst.get("occluder"):
+        offset = float(rng.uniform(-0.5, 0.5)) * scene.radius
+        half = float(rng.uniform(1.5, 2.2))
+        grey = float(rng.uniform(0.4, 0.6))
+        coord = _PIX_X - scene.center[0] if rng.random() < 0.5 else _PIX_Y - scene.center[1]
+        bar = np.clip(half + 0.5 - np.abs(coord - offset), 0.0, 1.0).astype(np.float32)
+        img = _composite(img, bar, (grey, grey, grey))
+    light = inst.get("light", "none")
+    if light != "none":
+        t = {"left": -(_PIX_X - 16), "right": _PIX_X - 16, "top": -(_PIX_Y - 16), "bottom": _PIX_Y - 16}[light] / 16.0
+        img = img * (1.0 + float(rng.uniform(0.25, 0.35)) * t)[:, :, None]
+    return np.clip(img, 0.0, 1.0)
+
+
 def render_scene(scene: Scene) -> np.ndarray:
     """The scene as a (32, 32, 3) uint8 array."""
     rng = np.random.default_rng([*scene.seed_words, 1])
+    # World 3's instance pixels draw from their own stream, so world 2's pixel draws are unchanged.
+    irng = np.random.default_rng([*scene.seed_words, _INSTANCE_PIXELS_STREAM]) if scene.instance else None
     cond = scene.conditions
-    img = _background(rng)
+    img = _scene_background(scene.instance["background"], rng) if scene.instance else _background(rng)
     n_clutter = int(round(cond.get("clutter", 0.0)))
     if n_clutter:
         img = _clutter(img, n_clutter, rng)
+    if scene.instance:
+        img = _render_instance_under(scene, img, irng)
     alpha = shape_alpha(scene)[:, :, None]
     marks = pattern_marks(scene, rng)
     # A soft light across the shape so it is not a flat stamp; pattern marks are a darker shade of the fill.
@@ -409,6 +576,8 @@ def render_scene(scene: Scene) -> np.ndarray:
     shade = shade * (1.0 - 0.55 * marks)
     fill = np.asarray(scene.rgb, dtype=np.float32)[None, None, :] * shade[:, :, None]
     img = img * (1.0 - alpha) + fill * alpha
+    if scene.instance:
+        img = _render_instance_over(scene, img, alpha[:, :, 0], irng)
     if "tint" in cond:
         img = tint_pixels(img, cond["tint"])
     if "blur" in cond:
@@ -420,10 +589,10 @@ def render_scene(scene: Scene) -> np.ndarray:
     return (img * 255.0 + 0.5).astype(np.uint8)
 
 
-def render(world_seed: int, split: str, index: int, style: str, label: int) -> np.ndarray:
+def render(world_seed: int, split: str, index: int, style: str, label: int, world: int = 2) -> np.ndarray:
     """Image `index` of `split` in `style`, showing global class `label`, as a (32, 32, 3) uint8 array."""
-    return render_scene(sample_scene(world_seed, split, index, style, label))
+    return render_scene(sample_scene(world_seed, split, index, style, label, world))
 
 
-def render_pil(world_seed: int, split: str, index: int, style: str, label: int) -> Image.Image:
-    return Image.fromarray(render(world_seed, split, index, style, label), mode="RGB")
+def render_pil(world_seed: int, split: str, index: int, style: str, label: int, world: int = 2) -> Image.Image:
+    return Image.fromarray(render(world_seed, split, index, style, label, world), mode="RGB")

@@ -1,20 +1,26 @@
-"""Pretrain the small built-in CLIP on generated image-caption pairs (CPU, about 40 minutes on 2 cores).
+"""Pretrain a built-in tiny CLIP on generated image-caption pairs of the synthetic world.
 
-    python -m noisy_prompt.synthetic.pretrain [--out DIR] [--steps N] [--batch-size B] ...
+    python -m noisy_prompt.tools.pretrain [--preset synthetic-clip-v3] [--out DIR] [--checkpoint-dir DIR] ...
 
-The result is an open_clip `local-dir:` folder (open_clip_config.json + open_clip_model.safetensors
-in fp16), loadable with `open_clip.create_model("local-dir:" + DIR)` and
+A preset (PRESETS) holds every setting of one committed set of weights; flags override single
+settings. The result is an open_clip `local-dir:` folder (open_clip_config.json +
+open_clip_model.safetensors in fp16), loadable with `open_clip.create_model("local-dir:" + DIR)` and
 `open_clip.get_tokenizer("local-dir:" + DIR)`, plus train_config.json (every setting) and
 metrics.json (loss curve, zero-shot accuracies, geometry, wall time). A run writes a resume
-checkpoint every `--checkpoint-every` steps and picks it up when restarted with the same settings.
+checkpoint every `--checkpoint-every` steps (into `--checkpoint-dir`, default the output folder) and
+picks it up when restarted with the same settings; on one thread (`--threads 1`) a resumed run ends
+with the same bytes as an uninterrupted one. The checkpoint keeps only the rows of the token
+embedding that training has touched (the rest are the seeded initialisation, rebuilt on resume), so
+that a checkpoint of the 256-wide text tower can be committed and continued in another session.
 
-Two choices follow the calibration spec (docs/synthetic-world.md):
-- the logit scale starts at log(100) and is not trained, as in the real CLIP every recipe assumes;
-- a "merging prefix": a shared context of `merge_prefix_len` token vectors (ordinary token norm),
-  kept adversarial by a few gradient-ascent steps every `merge_every` steps on the mean off-diagonal
-  cosine of class-prompt features `[SOT] prefix <class>.`. A fraction `merge_rows` of each batch's
-  captions are replaced by `[SOT] prefix <object phrase>.`, so the tower learns to keep classes
-  apart whatever one shared context says, which is what CE prompt tuning under label noise attacks.
+- `synthetic-clip-v2` (world 2): continued from the first world's weights with a "merging prefix": a
+  shared context of `merge_prefix_len` token vectors kept adversarial by gradient ascent on the mean
+  off-diagonal cosine of class-prompt features, with a fraction `merge_rows` of each batch captioned
+  `[SOT] prefix <object phrase>.`. The probes found that this taught the tower to ignore a context
+  (docs/world-probes.md), so
+- `synthetic-clip-v3` (world 3): from scratch, no merging prefix, a 256-wide text tower and
+  embedding, captions that name world 3's instance attributes, and the logit scale at real CLIP's
+  100 after a short ramp (see PretrainConfig.scale_ramp_steps).
 """
 from __future__ import annotations
 
@@ -32,22 +38,28 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .captions import SHIFT_TEMPLATE, CaptionMix, pretraining_caption
-from .world import CLASSNAMES, DOWNSTREAM_STYLE, NUM_CLASSES, downstream_classes, render_scene, sample_scene, scene_rng
+from noisy_prompt.synthetic.captions import SHIFT_TEMPLATE, CaptionMix, pretraining_caption
+from noisy_prompt.synthetic.world import (
+    CLASSNAMES, DOWNSTREAM_STYLE, NUM_CLASSES, downstream_classes, render_scene, sample_scene, scene_rng,
+)
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "weights" / "synthetic-clip"
-# The first world's tiny CLIP (42 colour x shape classes; kept for this): the new one continues from it,
-# because a CPU budget of ~40 minutes on a shared machine cannot teach a tower colours, shapes and
-# words from scratch. Same architecture; its learnt logit scale (24.4) is ramped to 100.
-V1_DIR = Path(__file__).resolve().parent / "weights" / "synthetic-clip-v1"
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "synthetic" / "weights"
+DEFAULT_OUT = WEIGHTS_DIR / "synthetic-clip"
 CHECKPOINT_NAME = "resume_checkpoint.pt"
 LOGIT_SCALE = 100.0
 
-# open_clip keeps architectures as data: this dict is the `model_cfg` of open_clip_config.json.
-MODEL_CFG: dict = {
+# open_clip keeps architectures as data: these dicts are the `model_cfg` of open_clip_config.json.
+MODEL_CFG: dict = {  # worlds 1 and 2
     "embed_dim": 128,
     "vision_cfg": {"image_size": 32, "layers": 4, "width": 128, "head_width": 32, "patch_size": 8},
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 4},
+}
+# World 3: a text tower and embedding twice as wide, so that one shared context can move class features
+# along many independent directions (the probes measured at most ~7 in the 128-wide tower).
+MODEL_CFG_V3: dict = {
+    "embed_dim": 256,
+    "vision_cfg": {"image_size": 32, "layers": 4, "width": 128, "head_width": 32, "patch_size": 8},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 256, "heads": 4, "layers": 4},
 }
 
 # Stream ids of the per-image generators (0 and 1 are the renderer's).
@@ -57,6 +69,8 @@ _SOT, _EOT = 49406, 49407
 
 @dataclass
 class PretrainConfig:
+    """Every setting of one pretraining run (defaults: the world-2 weights, `synthetic-clip-v2`)."""
+
     out: str = str(DEFAULT_OUT)
     steps: int = 1800
     batch_size: int = 128
@@ -85,24 +99,49 @@ class PretrainConfig:
     eval_per_class: int = 16
     model_cfg: dict | None = None  # None: MODEL_CFG
     init_from: str = "synthetic-clip-v1"  # a folder under weights/ (or a path) to start from; "" = random init
+    world: int = 2  # the world version whose images and captions it learns (synthetic.world.WORLDS)
+    # Token ids the random prefix draws from ([low, high)). World 2 drew from the whole vocabulary; a
+    # smaller pool keeps the set of trained embedding rows (and so the checkpoint) small.
+    random_prefix_ids: tuple = (1, 49406)
+    checkpoint_dir: str = ""  # "" = out
 
     def architecture(self) -> dict:
         return self.model_cfg or MODEL_CFG
 
     def caption_mix(self) -> CaptionMix:
-        from .world import CONDITIONS
+        from noisy_prompt.synthetic.world import CONDITIONS
 
         return CaptionMix(p_mention={c: self.p_mention for c in CONDITIONS})
 
     def rebuild_settings(self) -> dict:
         """The settings that determine the weights (resume requires them to match)."""
         d = dict(vars(self))
-        for k in ("out", "threads", "checkpoint_every", "eval_per_class"):
+        for k in ("out", "threads", "checkpoint_every", "eval_per_class", "checkpoint_dir"):
             d.pop(k)
+        d["random_prefix_ids"] = list(self.random_prefix_ids)
         d["caption_mix"] = self.caption_mix().to_dict()
         d["model_cfg"] = self.architecture()
         d["logit_scale"] = LOGIT_SCALE
+        d["data_fingerprint"] = data_fingerprint(self)
         return d
+
+    def checkpoint_path(self) -> Path:
+        return Path(self.checkpoint_dir or self.out) / CHECKPOINT_NAME
+
+
+# The settings of each committed set of weights (flags of the command line override single ones).
+PRESETS: dict[str, dict] = {
+    "synthetic-clip-v2": {"out": str(WEIGHTS_DIR / "synthetic-clip")},
+    "synthetic-clip-v3": {
+        "out": str(WEIGHTS_DIR / "synthetic-clip-v3"), "world": 3, "model_cfg": MODEL_CFG_V3, "init_from": "",
+        "steps": 6000, "warmup_steps": 200, "lr": 1e-3, "merge_rows": 0.0,
+        # From scratch at 100 the first world's tower collapsed to one embedding; a short ramp from
+        # real CLIP's initial 1/0.07 reaches 100 long before the geometry settles.
+        "scale_init": 14.3, "scale_ramp_steps": 500,
+        "random_prefix_ids": (1000, 3000), "threads": 1, "checkpoint_every": 100,
+    },
+}
+DEFAULT_PRESET = "synthetic-clip-v3"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,7 +151,7 @@ class PretrainConfig:
 def pretrain_pair(cfg: PretrainConfig, index: int) -> tuple[np.ndarray, str, np.random.Generator]:
     """Image, caption and the caption's generator of pretraining pair `index` (class index mod 256,
     so a batch of 256 consecutive pairs holds every class once)."""
-    scene = sample_scene(cfg.world_seed, "pretrain", index, "pretrain", index % NUM_CLASSES)
+    scene = sample_scene(cfg.world_seed, "pretrain", index, "pretrain", index % NUM_CLASSES, cfg.world)
     rng = scene_rng(cfg.world_seed, "pretrain", index, _CAPTION_STREAM)
     return render_scene(scene), pretraining_caption(scene, rng, cfg.caption_mix()), rng
 
@@ -122,17 +161,31 @@ def merge_caption(cfg: PretrainConfig, index: int) -> str | None:
     rng = scene_rng(cfg.world_seed, "pretrain", index, _MERGE_STREAM)
     if rng.random() >= cfg.merge_rows:
         return None
-    scene = sample_scene(cfg.world_seed, "pretrain", index, "pretrain", index % NUM_CLASSES)
+    scene = sample_scene(cfg.world_seed, "pretrain", index, "pretrain", index % NUM_CLASSES, cfg.world)
     # As an unmentioned-condition caption: the apparent colour (see captions.py).
     return scene.classname.replace(scene.colour, scene.apparent_colour, 1) + "."
 
 
-def add_random_prefix(tokens: torch.Tensor, rng: np.random.Generator, max_len: int) -> torch.Tensor:
+def data_fingerprint(cfg: "PretrainConfig", n: int = 512) -> str:
+    """sha256 (16 hex) of the first `n` pretraining pairs (pixels and captions): a resumed run refuses a
+    checkpoint made on other data, e.g. after an edit of the world or its captions (an edit that leaves
+    the pretraining data as it was, such as a downstream condition range, does not count)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for i in range(n):
+        image, caption, _ = pretrain_pair(cfg, i)
+        h.update(image.tobytes() + caption.encode() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def add_random_prefix(tokens: torch.Tensor, rng: np.random.Generator, max_len: int,
+                      ids_range: Sequence[int] = (1, _SOT)) -> torch.Tensor:
     """Random tokens between SOT and the caption, so the text tower learns to read past junk
     (prompt learning later puts learned vectors there)."""
     ids = tokens.tolist()
     end = ids.index(_EOT) + 1
-    prefix = rng.integers(1, _SOT, size=int(rng.integers(1, max_len + 1))).tolist()
+    prefix = rng.integers(ids_range[0], ids_range[1], size=int(rng.integers(1, max_len + 1))).tolist()
     new = ids[:1] + prefix + ids[1:end]
     ctx = len(ids)
     if len(new) > ctx:
@@ -156,7 +209,7 @@ def batch(cfg: PretrainConfig, step: int, tokenizer, mean, std, merging: bool = 
     texts = tokenizer([caption for _, caption, _ in pairs])
     for row, (_, _, rng) in enumerate(pairs):
         if rng.random() < cfg.p_random_prefix:
-            texts[row] = add_random_prefix(texts[row], rng, cfg.max_random_prefix)
+            texts[row] = add_random_prefix(texts[row], rng, cfg.max_random_prefix, cfg.random_prefix_ids)
     rows, short = [], []
     if merging and cfg.merge_rows > 0 and step >= cfg.merge_start:
         for row in range(cfg.batch_size):
@@ -184,7 +237,8 @@ class _Batches(torch.utils.data.Dataset):
 
 def image_stats(cfg: PretrainConfig, n: int = 2048) -> tuple[list[float], list[float]]:
     """Per-channel mean/std of pretraining images (from a stream the training never reads)."""
-    arr = np.stack([render_scene(sample_scene(cfg.world_seed, "stats", i, "pretrain", i % NUM_CLASSES)) for i in range(n)])
+    arr = np.stack([render_scene(sample_scene(cfg.world_seed, "stats", i, "pretrain", i % NUM_CLASSES, cfg.world))
+                    for i in range(n)])
     x = arr.reshape(-1, 3).astype(np.float64) / 255.0
     return [round(float(v), 4) for v in x.mean(0)], [round(float(v), 4) for v in x.std(0)]
 
@@ -206,7 +260,7 @@ def build_model(model_cfg: dict = MODEL_CFG):
 
 def init_dir(name: str) -> Path:
     p = Path(name)
-    return p if p.is_absolute() or p.exists() else DEFAULT_OUT.parent / name
+    return p if p.is_absolute() or p.exists() else WEIGHTS_DIR / name
 
 
 def init_weights(model, name: str) -> None:
@@ -307,10 +361,10 @@ def class_text_features(model, tokenizer, template: str, classnames: Sequence[st
     return model.encode_text(tokenizer([template.format(c) for c in classnames]), normalize=True)
 
 
-def evaluate(model, tokenizer, mean, std, per_class: int, world_seed: int = 0) -> dict[str, float]:
+def evaluate(model, tokenizer, mean, std, per_class: int, world_seed: int = 0, world: int = 2) -> dict[str, float]:
     """Zero-shot top-1 on the downstream classes' test split (plain and shift-naming template, field
     and plain style) and the geometry diagnostics of the calibration spec."""
-    from .world import render
+    from noisy_prompt.synthetic.world import render
 
     ids = downstream_classes(world_seed)
     names = [CLASSNAMES[c] for c in ids]
@@ -319,7 +373,7 @@ def evaluate(model, tokenizer, mean, std, per_class: int, world_seed: int = 0) -
     out = {}
     txt = class_text_features(model, tokenizer, "a photo of a {}.", names)
     for style in (DOWNSTREAM_STYLE, "plain"):
-        img = encode_images(model, [render(world_seed, "test", i, style, ids[i % len(ids)]) for i in range(n)], mean, std)
+        img = encode_images(model, [render(world_seed, "test", i, style, ids[i % len(ids)], world) for i in range(n)], mean, std)
         sims = img @ txt.T
         out[f"zero_shot_{style}_test_plain_template"] = float((sims.argmax(-1) == labels).float().mean())
         if style == DOWNSTREAM_STYLE:
@@ -365,6 +419,68 @@ def _atomic_torch_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+# The token embedding is most of the parameters (49,408 rows) but training touches only the rows of the
+# words that captions use; the others stay exactly at their seeded initialisation (AdamW with zero moments
+# and no weight decay on embeddings moves nothing), so a checkpoint stores the touched rows only.
+_SPARSE_PARAM = "token_embedding.weight"
+
+
+def _param_index(model, optimizer, name: str) -> int:
+    target = dict(model.named_parameters())[name]
+    flat = [p for g in optimizer.param_groups for p in g["params"]]
+    return next(i for i, p in enumerate(flat) if p is target)
+
+
+def compact_state(model, optimizer, init_rows: torch.Tensor) -> dict:
+    """Model and optimizer state with the token embedding (and its Adam moments) cut to the rows that differ
+    from the initialisation `init_rows` or carry optimizer state."""
+    model_state = {k: v.clone() for k, v in model.state_dict().items()}
+    opt_state = optimizer.state_dict()
+    idx = _param_index(model, optimizer, _SPARSE_PARAM)
+    weight = model_state[_SPARSE_PARAM]
+    touched = (weight != init_rows).any(dim=1)
+    moments = opt_state["state"].get(idx, {})
+    for key in ("exp_avg", "exp_avg_sq"):
+        if key in moments:
+            touched |= (moments[key] != 0).any(dim=1)
+    rows = touched.nonzero().flatten()
+    model_state[_SPARSE_PARAM] = weight[rows].clone()
+    opt_state = {"param_groups": opt_state["param_groups"],
+                 "state": {k: dict(v) for k, v in opt_state["state"].items()}}
+    for key in ("exp_avg", "exp_avg_sq"):
+        if key in opt_state["state"].get(idx, {}):
+            opt_state["state"][idx][key] = opt_state["state"][idx][key][rows].clone()
+    return {"model": model_state, "optimizer": opt_state, "sparse_rows": rows, "sparse_index": idx,
+            "init_digest": tensor_digest(init_rows)}
+
+
+def restore_state(model, optimizer, ckpt: dict, init_rows: torch.Tensor, path: Path) -> None:
+    """Inverse of compact_state on a freshly seeded model (whose embedding is `init_rows`)."""
+    if ckpt["init_digest"] != tensor_digest(init_rows):
+        raise SystemExit(f"{path}: the seeded initialisation differs from the one this checkpoint was cut against "
+                         "(another torch version?); pass --fresh to start over")
+    rows, idx = ckpt["sparse_rows"], ckpt["sparse_index"]
+    model_state = dict(ckpt["model"])
+    full = init_rows.clone()
+    full[rows] = model_state[_SPARSE_PARAM]
+    model_state[_SPARSE_PARAM] = full
+    model.load_state_dict(model_state)
+    opt_state = {"param_groups": ckpt["optimizer"]["param_groups"],
+                 "state": {k: dict(v) for k, v in ckpt["optimizer"]["state"].items()}}
+    for key in ("exp_avg", "exp_avg_sq"):
+        if key in opt_state["state"].get(idx, {}):
+            dense = torch.zeros_like(init_rows)
+            dense[rows] = opt_state["state"][idx][key]
+            opt_state["state"][idx][key] = dense
+    optimizer.load_state_dict(opt_state)
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    import hashlib
+
+    return hashlib.sha256(t.detach().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
 def loss_summary(losses: list[float], points: int = 20) -> dict:
     n = len(losses)
     marks = sorted({min(n - 1, round(i * (n - 1) / (points - 1))) for i in range(points)}) if n else []
@@ -389,13 +505,15 @@ def train(cfg: PretrainConfig, *, fresh: bool = False, progress: bool = True) ->
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / CHECKPOINT_NAME
+    ckpt_path = cfg.checkpoint_path()
+    ckpt_path.parent.mkdir(parents=True, exist_ok=True)
     settings = cfg.rebuild_settings()
 
     torch.manual_seed(cfg.torch_seed)
     model = build_model(cfg.architecture())
     if cfg.init_from:
         init_weights(model, cfg.init_from)
+    init_rows = dict(model.named_parameters())[_SPARSE_PARAM].detach().clone()
     optimizer = make_optimizer(model, cfg)
     start, losses, wall, merge_log = 0, [], 0.0, []
     mean, std = None, None
@@ -410,8 +528,7 @@ def train(cfg: PretrainConfig, *, fresh: bool = False, progress: bool = True) ->
                 f"{ckpt_path} was written with other settings; rerun with the same settings to resume, "
                 f"or pass --fresh to start over"
             )
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        restore_state(model, optimizer, ckpt, init_rows, ckpt_path)
         start, losses, wall, mean, std = ckpt["step"], ckpt["losses"], ckpt["wall_s"], ckpt["mean"], ckpt["std"]
         prefix, merge_log = ckpt.get("prefix"), ckpt.get("merge_log", [])
         print(f"resuming from {ckpt_path} at step {start}", file=sys.stderr)
@@ -452,9 +569,12 @@ def train(cfg: PretrainConfig, *, fresh: bool = False, progress: bool = True) ->
         losses.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", merged=f"{merge_log[-1][1] if merge_log else 0:.2f}")
         done = step + 1
+        if not progress and (done % 25 == 0 or done == cfg.steps):  # a log line for runs in the background
+            print(f"step {done}/{cfg.steps} loss {np.mean(losses[-25:]):.4f} scale {scale_at(cfg, step):.1f} "
+                  f"lr {lr_at(cfg, step):.2e} wall {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
         if done % cfg.checkpoint_every == 0 and done < cfg.steps:
             _atomic_torch_save(
-                {"settings": settings, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                {"settings": settings, **compact_state(model, optimizer, init_rows),
                  "step": done, "losses": losses, "wall_s": time.time() - t0, "mean": mean, "std": std,
                  "prefix": prefix, "merge_log": merge_log},
                 ckpt_path,
@@ -471,7 +591,7 @@ def train(cfg: PretrainConfig, *, fresh: bool = False, progress: bool = True) ->
         "eval_per_class": cfg.eval_per_class,
         "downstream_style": DOWNSTREAM_STYLE,
         "logit_scale": float(loaded.logit_scale.exp()),
-        **evaluate(loaded, loaded_tok, mean, std, cfg.eval_per_class, cfg.world_seed),
+        **evaluate(loaded, loaded_tok, mean, std, cfg.eval_per_class, cfg.world_seed, cfg.world),
         "torch": torch.__version__,
         "open_clip": open_clip.__version__,
         "num_params": sum(p.numel() for p in model.parameters()),
@@ -479,23 +599,31 @@ def train(cfg: PretrainConfig, *, fresh: bool = False, progress: bool = True) ->
     (out / "train_config.json").write_text(json.dumps({**settings, "mean": mean, "std": std}, indent=2) + "\n")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     if ckpt_path.exists():
-        ckpt_path.unlink()  # the finished weights replace it; keeps ~100 MB out of the package
+        ckpt_path.unlink()  # the finished weights replace it
     return metrics
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[PretrainConfig, bool, bool]:
-    d = PretrainConfig()
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
+    known, _ = pre.parse_known_args(argv)
+    d = PretrainConfig(**PRESETS[known.preset])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=d.out, help="output folder (default: the committed weights)")
-    p.add_argument("--fresh", action="store_true", help="ignore a resume checkpoint in --out")
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
+                   help=f"the settings of one committed set of weights (default {DEFAULT_PRESET}); flags override them")
+    p.add_argument("--fresh", action="store_true", help="ignore a resume checkpoint")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--model-cfg", type=json.loads, default=None, help="open_clip model_cfg as JSON (default: MODEL_CFG)")
+    p.add_argument("--model-cfg", type=json.loads, default=d.model_cfg,
+                   help="open_clip model_cfg as JSON (default: the preset's)")
+    p.add_argument("--random-prefix-ids", type=int, nargs=2, default=list(d.random_prefix_ids), metavar=("LOW", "HIGH"))
     for name, value in vars(d).items():
-        if name in ("out", "model_cfg"):
+        if name in ("model_cfg", "random_prefix_ids"):
             continue
         p.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
     a = vars(p.parse_args(argv))
+    a.pop("preset")
     fresh, no_progress = a.pop("fresh"), a.pop("no_progress")
+    a["random_prefix_ids"] = tuple(a["random_prefix_ids"])
     return PretrainConfig(**a), fresh, no_progress
 
 
