@@ -76,6 +76,7 @@ class TrainFit(Callback):
         self.loss_key = str(loss_key)
         self.last_loss: float | None = None
         self.metrics: dict[str, float] = {}
+        self._recorded = False
 
     @property
     def state_key(self) -> str:
@@ -87,7 +88,7 @@ class TrainFit(Callback):
 
     def setup(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
         if stage == "fit":
-            self.metrics = {}
+            self.metrics, self._recorded = {}, False
 
     def on_train_epoch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         value = trainer.callback_metrics.get(self.loss_key)
@@ -95,6 +96,16 @@ class TrainFit(Callback):
             self.last_loss = float(value)
 
     def on_train_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        self._record(trainer, pl_module)
+
+    def on_fit_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        # A run resumed from a checkpoint written after its last epoch trains nothing, and Lightning then
+        # skips on_train_end: the final weights and the checkpointed loss give the same numbers here.
+        if not self._recorded:
+            self._record(trainer, pl_module)
+
+    def _record(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        self._recorded = True
         if not self.applies_to(pl_module):
             return
         out: dict[str, float] = {}
