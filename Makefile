@@ -72,9 +72,11 @@ pretrain: install
 	$(ENV) OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m noisy_prompt.tools.pretrain \
 		--checkpoint-dir pretrain_checkpoints/synthetic-clip-v3 $(ARGS)
 
-# Targets T1-T8 of the synthetic world (docs/synthetic-world.md): 3 seeds; ARGS=--quick for one seed.
+# Targets T1-T10 of the synthetic world (docs/synthetic-world.md): runs sweeps/calibration.yaml (finished cells
+# are reused), then checks the records and prints the targets and the per-seed rows; ARGS=--quick for one seed,
+# ARGS="--jobs 2" for two sweep processes, ARGS="--check-only DIR" to check existing records only.
 calibrate: install
-	$(TEST_ENV) $(BIN)/python -m noisy_prompt.synthetic.calibrate $(ARGS)
+	$(TEST_ENV) $(BIN)/python -m noisy_prompt.tools.calibrate $(ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info

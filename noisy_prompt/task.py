@@ -28,6 +28,7 @@ from noisy_prompt.cell import (FAILED, RESULTS, CellId, StaleCellError, cell_loc
 from noisy_prompt.clip.factory import weights_digest
 from noisy_prompt.config import config_hash, result_config
 from noisy_prompt.errors import UserError
+from noisy_prompt.methods.train_fit import callback_metrics
 from noisy_prompt.provenance import git_revision, versions
 from noisy_prompt.resume import check_resumable
 
@@ -169,7 +170,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, cell: CellId) -> dict[str, Any]:
             "status": "ok",
             "cell": cell.to_record(),
             "cell_id": cfg.cell,
-            "metrics": collect_metrics(module, dm),
+            "metrics": {**collect_metrics(module, dm), **callback_metrics(callbacks)},  # + TrainFit's train_fit/*
             # The C x C transition matrix goes to noise.json only (10^6 numbers for ImageNet).
             "noise": {k: v for k, v in noise.items() if k != "transition"},
             "config_hash": chash,

@@ -1,4 +1,4 @@
-"""The head-comparison probe (`python -m noisy_prompt.synthetic.headfit`) and the class-specific
+"""The head-comparison probe (`python -m noisy_prompt.tools.headfit`) and the class-specific
 contexts it adds to the prompt encoder."""
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ import torch
 
 from noisy_prompt.clip import PromptTextEncoder
 from noisy_prompt.data.datamodule import LabeledFeatures, collate_batch
-from noisy_prompt.synthetic import headfit
+from noisy_prompt.tools import headfit
 
 
 def test_class_specific_contexts_equal_a_shared_one_when_equal_and_move_each_class_alone(synthetic_clip):
@@ -58,7 +58,7 @@ def test_spread_and_instance_offsets():
 
 
 class _DM:
-    """What train_head and probe.train_fit need of the datamodule: features, labels, epochs, loaders."""
+    """What train_head and headfit.train_fit need of the datamodule: features, labels, epochs, loaders."""
 
     def __init__(self, feats, given, clean, seed=1):
         from noisy_prompt.data.datamodule import EpochShuffleSampler
@@ -82,8 +82,6 @@ class _DM:
 def test_a_free_head_fits_wrong_labels_only_when_images_of_a_class_differ(per_image_variation):
     """The probe's logic: with images of one class identical, no head can predict a wrong label on them;
     with full-rank per-image variation, a free class-vector head under CE memorises them."""
-    from noisy_prompt.synthetic.probe import train_fit
-
     gen = torch.Generator().manual_seed(0)
     C, per, D = 4, 20, 64
     clean = np.repeat(np.arange(C), per)
@@ -97,7 +95,7 @@ def test_a_free_head_fits_wrong_labels_only_when_images_of_a_class_differ(per_im
     dm = _DM(feats, given, clean)
     head = headfit.FreeClassHead(centres, torch.tensor(100.0))
     history = headfit.train_head(head, dm, headfit.loss_of("ce", 0.5), {"lr": 0.01, "warmup_epochs": 0}, epochs=30)
-    fit = train_fit(head, dm)
+    fit = headfit.train_fit(head, dm)
     assert len(history) == 30 and fit["train/mislabelled"] == pytest.approx(50.0)
     if per_image_variation:
         assert fit["train/fit_noisy"] > 80 and history[-1] < history[0] / 3

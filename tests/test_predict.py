@@ -195,7 +195,7 @@ def _same_predictions(run_dir: Path, predicted: Path) -> None:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from noisy_prompt.synthetic.export import export_world
+    from noisy_prompt.tools.export import export_world
 
     out = tmp_path_factory.mktemp("world") / "world"
     export_world(out, classes=5, per_class=8, test_per_class=4, flip=0.25, progress=False)
@@ -234,7 +234,7 @@ def detection(rows: list[dict[str, str]]) -> dict[str, float]:
 def test_worked_example_of_the_docs(tmp_path):
     from noisy_prompt.methods.selection import LABEL_ISSUES_FILE, read_label_issues_csv
     from noisy_prompt.reporting.report_page import main as report_main
-    from noisy_prompt.synthetic.export import main as export_main
+    from noisy_prompt.tools.export import main as export_main
 
     world = tmp_path / "world"
     assert export_main([str(world)]) == 0  # the docs' defaults: 10 classes, 30 + 10 images each, 30% flipped

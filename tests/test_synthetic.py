@@ -246,51 +246,6 @@ def test_open_clip_preprocess_matches_the_pretraining_input(committed_clip):
     img = world.render(0, "test", 3, "field", 5)
     ours = pretrain.to_tensor([img], cfg["mean"], cfg["std"])[0]
     torch.testing.assert_close(preprocess(Image.fromarray(img)), ours, atol=1e-5, rtol=0)
-
-
-def test_probe_changes_only_its_own_process_and_folder(monkeypatch, tmp_path):
-    from noisy_prompt.methods.base import ClassifierModule
-    from noisy_prompt.synthetic import probe
-
-    monkeypatch.setattr(world, "FIELD_RANGES", dict(world.FIELD_RANGES))
-    monkeypatch.setattr(ClassifierModule, "logit_scale", ClassifierModule.logit_scale)
-    field = probe.parse_field('{"tint": [0.8, 1.3]}')
-    assert field == {"tint": (0.8, 1.3)}
-    # every change has its own folder: a probe never shares cell dirs or cached features with the world as committed
-    tags = {probe.probe_tag(1.0, {}), probe.probe_tag(0.3, {}), probe.probe_tag(1.0, field)}
-    assert len(tags) == 3 and probe.probe_tag(0.3, {}) == probe.probe_tag(0.3, {})
-    probe.apply(0.5, field)
-    assert world.FIELD_RANGES["tint"] == (0.8, 1.3)
-    fake = type("M", (), {"clip": type("C", (), {"logit_scale": torch.tensor(2.0)})()})()
-    assert float(ClassifierModule.logit_scale.fget(fake)) == pytest.approx(0.5 * float(torch.tensor(2.0).exp()))
-    for bad, msg in [('{"glow": [1, 2]}', "unknown condition 'glow'"), ('{"tint": [2, 1]}', "low <= high"),
-                     ("[1, 2]", "unknown condition"), ("{tint", "not JSON")]:
-        with pytest.raises(SystemExit, match=msg):
-            probe.parse_field(bad)
-    with pytest.raises(SystemExit, match="one cell per call"):
-        probe.main(["--root", str(tmp_path), "--", "-m", "model=coop"])
-    with pytest.raises(SystemExit, match="set by the probe"):
-        probe.main(["--root", str(tmp_path), "--", "model=coop", f"paths.log_dir={tmp_path}"])
-
-
-def test_probe_train_fit_counts_memorised_and_recovered_labels():
-    from noisy_prompt.synthetic.probe import train_fit
-
-    class Module(torch.nn.Module):
-        def logits(self, x):
-            return x
-
-    pred, true, given = [0, 1, 2, 3, 2, 1], [0, 1, 2, 3, 0, 1], [0, 1, 3, 0, 2, 1]
-    batches = [{"x": torch.eye(4)[pred[:3]], "label": torch.tensor(given[:3]), "clean_label": torch.tensor(true[:3])},
-               {"x": torch.eye(4)[pred[3:]], "label": torch.tensor(given[3:]), "clean_label": torch.tensor(true[3:])}]
-    dm = type("DM", (), {"train_eval_dataloader": lambda self: batches})()
-    fit = train_fit(Module().train(), dm)
-    # items 2, 3, 4 are mislabelled: 4 is predicted as its wrong label, 2 and 3 as their true class
-    assert fit["train/mislabelled"] == pytest.approx(50.0)
-    assert fit["train/fit_noisy"] == pytest.approx(100 / 3) and fit["train/fit_true_of_noisy"] == pytest.approx(200 / 3)
-    assert fit["train/fit_clean"] == pytest.approx(100.0)
-
-
 # ---------------------------------------------------------------------------------------------
 # World 3 (instance attributes) beside world 2
 

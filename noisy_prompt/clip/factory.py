@@ -171,15 +171,27 @@ def create_clip(
     allow_random: bool = False,
     device: str | torch.device = "cpu",
     name: str | None = None,
+    logit_scale_factor: float = 1.0,
     **_: Any,
 ) -> ClipBundle:
     """Build an open_clip model with its tokenizer and preprocessing constants, all frozen-ready (fp32).
 
     `allow_random` exists only for tests: a real run on random weights is refused, because open_clip
     would otherwise only log a warning and the run would silently report chance-level numbers.
+    `logit_scale_factor` (config `+backbone.logit_scale_factor=F`, default 1: the weights' own scale)
+    multiplies the model's logit scale, so every method sees a compressed (F < 1) or sharper (F > 1)
+    image-text geometry; a what-if probe of the built-in world. Image features do not depend on it.
     """
     import open_clip
 
+    try:
+        factor = float(logit_scale_factor)
+    except (TypeError, ValueError):
+        factor = float("nan")
+    if not (0 < factor < float("inf")):
+        from noisy_prompt.errors import ConfigError
+
+        raise ConfigError(f"backbone.logit_scale_factor={logit_scale_factor!r}: expected a finite number > 0 (1 = as the weights have it)")
     problem = weights_problem(model, pretrained, allow_random=allow_random, name=name, check_cache=False)
     if problem is not None:
         raise problem
@@ -200,6 +212,9 @@ def create_clip(
             ) from err
         raise
     clip.eval()
+    if factor != 1.0:  # logit_scale is stored as a log
+        with torch.no_grad():
+            clip.logit_scale.add_(torch.log(torch.tensor(factor, dtype=clip.logit_scale.dtype)))
     tokenizer = open_clip.get_tokenizer(model_name)
     pp = getattr(clip.visual, "preprocess_cfg", {}) or {}
     size = pp.get("size", getattr(clip.visual, "image_size", 224))

@@ -1,1 +1,1 @@
-"""Tools that build and examine the built-in synthetic world: pretraining its tiny CLIP, calibration, probes."""
+"""Experiment tools built on the package: pretraining the built-in tiny CLIP, calibrating the built-in world, its probes, and exporting it as a user dataset."""

@@ -4,7 +4,7 @@ The world's prompt-tuning cells predict almost none of their wrong training labe
 predicts ~15-25% at 50% noise. This command separates *why*: it trains several heads on the very same
 cached 16-shot features (same views per epoch, batch order, optimiser, schedule and loss as the run
 command's CoOp/PTNL) and reports, per head, how the trained head predicts its own training images
-(`probe.train_fit`: fit_noisy = wrong labels predicted), its last-epoch train loss against ln C, and
+(`train_fit`: fit_noisy = wrong labels predicted, the run command's `train_fit/noisy` in %), its last-epoch train loss against ln C, and
 its test accuracy:
   linear  free class vectors, one per class (a cosine classifier at the method's logit scale, started
           from the zero-shot text features): what any text tower could at best give a prompt;
@@ -15,11 +15,12 @@ but `coop` does not, the shared context through this text tower is. It also prin
 image features (within/between-class cosine, effective rank, within-class variance share) and, with
 `--jacobian`, how freely a shared context can move the class text features class by class.
 
-    python -m noisy_prompt.synthetic.headfit --heads linear csc coop -- model=coop noise=sym50 seed=1
+    python -m noisy_prompt.tools.headfit --heads linear csc coop -- model=coop noise=sym50 seed=1
 
 Everything after `--` is a run-command override (default `backbone=synthetic data=synthetic
 model=coop`); `model=ptnl` trains every head with GCE. `--scale-factor` and `--field` are the probe's
-changes (`noisy_prompt.synthetic.probe`), made in this process only; outputs (feature cache and one
+changes (`noisy_prompt.tools.probe`: the config key backbone.logit_scale_factor, and the field ranges made in
+this process only); outputs (feature cache and one
 JSON per call) go under ROOT/<change> as the probe's do, never under the default dirs.
 """
 from __future__ import annotations
@@ -259,14 +260,38 @@ def parse_lrs(items: Sequence[str]) -> dict[str, float]:
     return out
 
 
+@torch.no_grad()
+def train_fit(module, dm) -> dict[str, float]:
+    """How a trained head predicts its training images (one pass, the test transform), in %: fit_noisy,
+    fit_true_of_noisy, fit_clean as the run command's `train_fit/*` (noisy_prompt.methods.train_fit),
+    and the share of mislabelled images. Chance is 100 / classes."""
+    from noisy_prompt.methods.train_fit import fit_fractions
+
+    was = module.training
+    module.eval()
+    pred, given, true = [], [], []
+    for batch in dm.train_eval_dataloader():
+        pred.append(module.logits(batch["x"].to(getattr(module, "device", "cpu"))).argmax(1).cpu())
+        given.append(torch.as_tensor(batch["label"]))
+        true.append(torch.as_tensor(batch["clean_label"]))
+    module.train(was)
+    pred, given, true = torch.cat(pred), torch.cat(given), torch.cat(true)
+    fit = fit_fractions(pred, given, true)
+    return {"train/fit_noisy": 100.0 * fit.get("train_fit/noisy", float("nan")),
+            "train/fit_true_of_noisy": 100.0 * fit.get("train_fit/true_of_noisy", float("nan")),
+            "train/fit_clean": 100.0 * fit.get("train_fit/clean", float("nan")),
+            "train/mislabelled": float(100.0 * (given != true).float().mean())}
+
+
 def run(args: argparse.Namespace, overrides: Sequence[str]) -> dict[str, Any]:
-    from . import probe
-    from ..task import build_clip, build_datamodule, build_module, max_epochs_of
+    from noisy_prompt.build import build_clip, build_datamodule, build_module, max_epochs_of
+    from noisy_prompt.tools import probe
 
     field = probe.parse_field(args.field)
-    probe.apply(args.scale_factor, field)
-    where = Path(args.root) / probe.probe_tag(args.scale_factor, field)
-    cfg = compose([*DEFAULT_OVERRIDES, *overrides, f"paths.cache_dir={where / 'cache'}", f"paths.log_dir={where / 'runs'}"])
+    probe.apply_field(field)
+    where = Path(args.root) / probe.probe_tag(field)
+    cfg = compose([*DEFAULT_OVERRIDES, *overrides, *probe.scale_overrides(args.scale_factor),
+                   f"paths.cache_dir={where / 'cache'}", f"paths.log_dir={where / 'runs'}"])
     if cfg.model._target_ != "noisy_prompt.methods.coop.CoOp" or cfg.data.get("input", "features") != "features":
         raise SystemExit(f"headfit: model={cfg.model.name} is not a features-input CoOp learner (use model=coop or model=ptnl)")
     torch.manual_seed(int(cfg.seed))
@@ -306,7 +331,7 @@ def run(args: argparse.Namespace, overrides: Sequence[str]) -> dict[str, Any]:
         head_optim = {**optim, **({"lr": lrs[name]} if name in lrs else {})}
         start_ctx = module.ctx.detach().clone()
         history = train_head(head, dm, loss_fn, head_optim, epochs)
-        fit = probe.train_fit(head, dm)
+        fit = train_fit(head, dm)
         m = fit["train/mislabelled"] / 100.0
         rec = {"test_acc": test_accuracy(head, dm), "train_loss_last": history[-1], "train_loss_first": history[0],
                **{k.split("/", 1)[1]: v for k, v in fit.items()},
@@ -332,7 +357,7 @@ def run(args: argparse.Namespace, overrides: Sequence[str]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     ours, overrides = (argv[: argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
-    ap = argparse.ArgumentParser(prog="python -m noisy_prompt.synthetic.headfit", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m noisy_prompt.tools.headfit", description=__doc__.split("\n\n")[0])
     ap.add_argument("--heads", nargs="+", choices=HEADS, default=list(HEADS))
     ap.add_argument("--lr", nargs="*", default=[], metavar="HEAD=LR", help="a head's own learning rate (default: the recipe's)")
     ap.add_argument("--scale-factor", type=float, default=1.0, help="as the probe's: multiplies the logit scale")

@@ -1,4 +1,4 @@
-"""`python -m noisy_prompt.synthetic.export OUT [--classes 10] [--per-class 30] [--test-per-class 10] [--flip 0.3]`
+"""`python -m noisy_prompt.tools.export OUT [--classes 10] [--per-class 30] [--test-per-class 10] [--flip 0.3]`
 
 Writes images of the built-in synthetic world as a user's dataset would look, for trying the generic
 readers (docs/own-data.md) without any download:
@@ -82,7 +82,7 @@ def export_world(out: str | Path, *, classes: int = 10, per_class: int = 30, tes
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m noisy_prompt.synthetic.export",
+    ap = argparse.ArgumentParser(prog="python -m noisy_prompt.tools.export",
                                  description="Write synthetic-world images as a folder tree and CSV files.")
     ap.add_argument("out", help="a new (or empty) folder")
     ap.add_argument("--classes", type=int, default=10, help="number of classes (2..256; default 10)")
