@@ -151,3 +151,22 @@ def test_presets_and_flags():
     assert cfg.world == 2 and cfg.steps == 7 and cfg.init_from == "synthetic-clip-v1" and cfg.random_prefix_ids == (5, 9)
     with pytest.raises(SystemExit):
         pretrain.parse_args(["--preset", "nope"])
+
+
+@pytest.mark.slow
+def test_evaluate_checkpoint_reads_a_run_in_progress(tmp_path, monkeypatch, capsys):
+    cfg = _tiny_v3(tmp_path, 3, checkpoint_dir=str(tmp_path / "ckpt"))
+    real_save = pretrain._atomic_torch_save
+
+    def dies_after_checkpoint_2(obj, path):
+        real_save(obj, path)
+        if obj["step"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(pretrain, "_atomic_torch_save", dies_after_checkpoint_2)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.train(cfg, progress=False)
+    out = pretrain.evaluate_checkpoint(cfg)
+    assert out["step"] == 2 and 0.0 <= out["zero_shot_field_test_plain_template"] <= 1.0
+    with pytest.raises(SystemExit, match="no resume checkpoint"):
+        pretrain.evaluate_checkpoint(_tiny_v3(tmp_path, 3, checkpoint_dir=str(tmp_path / "none")))

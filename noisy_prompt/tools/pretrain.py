@@ -603,6 +603,30 @@ def train(cfg: PretrainConfig, *, fresh: bool = False, progress: bool = True) ->
     return metrics
 
 
+def evaluate_checkpoint(cfg: PretrainConfig) -> dict:
+    """Zero-shot accuracy and geometry of the run's resume checkpoint (progress of a run in another process)."""
+    import open_clip
+
+    from noisy_prompt.errors import safe_torch_load
+
+    path = cfg.checkpoint_path()
+    if not path.exists():
+        raise SystemExit(f"no resume checkpoint at {path}")
+    torch.set_num_threads(cfg.threads)
+    ckpt = safe_torch_load(path, what="pretraining checkpoint", remedy=f"Delete {path}.")
+    torch.manual_seed(cfg.torch_seed)
+    model = build_model(cfg.architecture())
+    if cfg.init_from:
+        init_weights(model, cfg.init_from)
+    init_rows = dict(model.named_parameters())[_SPARSE_PARAM].detach().clone()
+    restore_state(model, make_optimizer(model, cfg), ckpt, init_rows, path)
+    model.eval()
+    tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=cfg.architecture()["text_cfg"]["context_length"])
+    losses = ckpt["losses"]
+    return {"step": ckpt["step"], "loss_mean_last_50": float(np.mean(losses[-50:])),
+            **evaluate(model, tokenizer, ckpt["mean"], ckpt["std"], cfg.eval_per_class, cfg.world_seed, cfg.world)}
+
+
 def parse_args(argv: Sequence[str] | None = None) -> tuple[PretrainConfig, bool, bool]:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
@@ -613,6 +637,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[PretrainConfig, bool,
                    help=f"the settings of one committed set of weights (default {DEFAULT_PRESET}); flags override them")
     p.add_argument("--fresh", action="store_true", help="ignore a resume checkpoint")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--evaluate-checkpoint", action="store_true",
+                   help="print zero-shot accuracy and geometry of the resume checkpoint, then exit (no training)")
     p.add_argument("--model-cfg", type=json.loads, default=d.model_cfg,
                    help="open_clip model_cfg as JSON (default: the preset's)")
     p.add_argument("--random-prefix-ids", type=int, nargs=2, default=list(d.random_prefix_ids), metavar=("LOW", "HIGH"))
@@ -623,12 +649,16 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[PretrainConfig, bool,
     a = vars(p.parse_args(argv))
     a.pop("preset")
     fresh, no_progress = a.pop("fresh"), a.pop("no_progress")
+    a.pop("evaluate_checkpoint")  # read by main()
     a["random_prefix_ids"] = tuple(a["random_prefix_ids"])
     return PretrainConfig(**a), fresh, no_progress
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     cfg, fresh, no_progress = parse_args(argv)
+    if "--evaluate-checkpoint" in (sys.argv[1:] if argv is None else argv):
+        print(json.dumps(evaluate_checkpoint(cfg), indent=2))
+        return
     metrics = train(cfg, fresh=fresh, progress=not no_progress)
     print(json.dumps({k: v for k, v in metrics.items() if k != "loss"}, indent=2))
 
