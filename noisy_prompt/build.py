@@ -102,8 +102,8 @@ def build_module(cfg: DictConfig, dm, clip_bundle=None):
     kwargs["max_epochs"] = max_epochs_of(cfg)
     if clip_bundle is not None:
         kwargs["clip_bundle"] = clip_bundle
-    # The datamodule publishes class descriptions where its dataset has them (None elsewhere).
-    descriptions = getattr(dm, "class_descriptions", None)
+    # What the data publishes reaches the method here, once, beside its class names: the class descriptions
+    # where the dataset has them (None elsewhere) and its facts (data/facts.py, DataFacts).
     return get_class(target)(**kwargs, backbone=OmegaConf.to_container(cfg.backbone, resolve=True),
                              classnames=dm.classnames, templates=dm.templates, test_sets=dm.test_set_names,
-                             seed=int(cfg.seed), class_descriptions=descriptions)
+                             seed=int(cfg.seed), class_descriptions=dm.class_descriptions, facts=dm.facts())

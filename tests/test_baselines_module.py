@@ -18,6 +18,7 @@ import noisy_prompt.config  # noqa: F401  (resolvers)
 from fake_trees import save_tiny_clip
 from noisy_prompt.config import ctor_kwargs
 from noisy_prompt.data.datamodule import CLIPDataModule
+from noisy_prompt.data.facts import DataFacts
 from noisy_prompt.methods.baselines import core
 from noisy_prompt.methods.baselines.common import augment_view
 from noisy_prompt.methods.baselines.core import class_balanced_weights
@@ -373,19 +374,12 @@ def test_dividemix_warm_up_step_and_penalty_switch(backbone, dm):
     assert m.warmup_epochs == 1 and m.current_epoch == 0
     m.log = m.log_dict = lambda *a, **kw: None
 
-    class _Noise:
-        protocol = "asym"
-
-    class _Trainer:
-        datamodule = type("D", (), {"noise": _Noise()})()
-
-    m._penalty_on = None
-    m._trainer = _Trainer()
-    try:
-        assert m.penalty_on()
-    finally:
-        m._trainer = None
-    assert _module("dividemix", backbone, dm, confidence_penalty="off").penalty_on() is False
+    assert not m.penalty_on()  # built without facts: no noise protocol, no penalty under `auto`
+    # The noise protocol is a fact the module is built with (the paper's rule: the penalty under asymmetric noise).
+    assert _module("dividemix", backbone, dm, facts=DataFacts(noise_protocol="asym")).penalty_on()
+    assert not _module("dividemix", backbone, dm, facts=DataFacts(noise_protocol="sym")).penalty_on()
+    assert _module("dividemix", backbone, dm, confidence_penalty="off",
+                   facts=DataFacts(noise_protocol="asym")).penalty_on() is False
     # One warm-up step (CE on all samples) moves both networks, each with its own optimiser.
     opts = [torch.optim.SGD([*m.clip.visual.parameters(), *m.head.parameters()], lr=0.1),
             torch.optim.SGD([*m.visual_b.parameters(), *m.head_b.parameters()], lr=0.1)]

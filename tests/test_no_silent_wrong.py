@@ -26,6 +26,7 @@ from noisy_prompt.cell import (CellId, CellLockedError, StaleCellError, cell_loc
                                read_record, settings_tag, write_json)
 from noisy_prompt.config import config_hash, result_config
 from noisy_prompt.data.base import EmptyClassError, ImageReadError
+from noisy_prompt.data.facts import DataFacts
 from noisy_prompt.data.features import FeatureCache
 from noisy_prompt.data.readers import coop
 
@@ -325,6 +326,7 @@ def test_mission_command_offline_stops_naming_the_weights(tmp_path, monkeypatch)
 
 class _DM:
     classnames, templates, test_set_names, class_descriptions = ["a", "b", "c"], ["a photo of a {}."], ["test"], None
+    facts = staticmethod(DataFacts)  # what the data publishes (data/facts.py): here, nothing
 
 
 def test_trainer_max_epochs_drives_the_lr_schedule(tiny_backbone):

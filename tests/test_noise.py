@@ -9,10 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from noisy_prompt.data.readers.cifar100_classes import CIFAR100_COARSE_NAMES, CIFAR100_FINE_NAMES, CIFAR100_SUPERCLASS
 from noisy_prompt.noise import (
-    CIFAR100_COARSE_NAMES,
-    CIFAR100_FINE_NAMES,
-    CIFAR100_SUPERCLASS,
     NoiseSpec,
     asym_cyclic_noise,
     asym_superclass_noise,

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from noisy_prompt.data.facts import DataFacts
 from noisy_prompt.methods.selection import (
     LABEL_ISSUE_COLUMNS,
     LabelIssueReport,
@@ -140,10 +141,30 @@ class _Fake(nn.Module):
     def device(self):
         return torch.device("cpu")
 
+    def data_source(self):  # not fitted: no data of its own
+        return None
+
 
 class _DM:
+    """A DataSource (data/facts.py) serving a training set in the given batch order."""
+
     def __init__(self, order):
         self.order = order
+
+    def facts(self):
+        return DataFacts()
+
+    def set_epoch(self, epoch):
+        pass
+
+    def test_dataloader(self):
+        return []
+
+    def train_paths(self):
+        return None
+
+    def num_train(self):
+        return sum(len(chunk) for chunk in self.order)
 
     def train_eval_dataloader(self):
         return [{"x": torch.tensor([[float(i), 1.0] for i in chunk]), "label": torch.tensor([i % 3 for i in chunk]),
@@ -165,3 +186,6 @@ def test_training_set_pass_places_outputs_by_index_and_restores_modes():
         training_set_pass(m, outputs, _DM([[0, 1], [1]]))
     with pytest.raises(RuntimeError, match="train_eval_dataloader"):
         training_set_pass(m, outputs, None)
+    half = type("OnlyLoader", (), {"train_eval_dataloader": _DM.train_eval_dataloader})()  # not a DataSource
+    with pytest.raises(RuntimeError, match="DataSource.*got OnlyLoader"):
+        training_set_pass(m, outputs, half)

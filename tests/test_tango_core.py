@@ -15,8 +15,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from noisy_prompt.methods.tango import anchors as anchors_mod
+from noisy_prompt.data.readers.templates import DESCRIPTION_ALIASES as DEFAULT_ALIASES
 from noisy_prompt.methods.tango.anchors import (
-    DEFAULT_ALIASES,
     TEMPLATES,
     load_cupl,
     match_descriptions,

@@ -18,6 +18,7 @@ import noisy_prompt.config  # noqa: F401  (resolvers)
 from fake_trees import save_tiny_clip
 from noisy_prompt.config import ctor_kwargs
 from noisy_prompt.data.datamodule import CLIPDataModule
+from noisy_prompt.data.facts import DataFacts
 from noisy_prompt.methods.tango.anchors import template_sentences
 from noisy_prompt.methods.selection import LABEL_ISSUE_COLUMNS
 from noisy_prompt.methods.tango.module import ANCHOR_SOURCE_ALIASES, Tango
@@ -404,7 +405,11 @@ def test_checkpoint_holds_only_trainable_state(fitted, backbone):
 
 def test_unknown_clean_labels_give_no_detector_stats(backbone, tmp_path):
     dm = _datamodule(backbone, NoiseSpec(name="real", protocol="real"))
-    m = _module(backbone, k=10)
+    assert not dm.facts().clean_labels_known
+    # Whether the served clean labels are truth is a fact the module was built with, not read from dm.
+    told_known = _module(backbone, k=10, facts=DataFacts(clean_labels_known=True))
+    assert "precision" in told_known.purify_training_set(dm)
+    m = _module(backbone, k=10, facts=dm.facts())
     stats = m.purify_training_set(dm)
     assert "precision" not in stats and "clean_fraction" in stats
     assert m.purified.true is None

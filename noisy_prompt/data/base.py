@@ -4,8 +4,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from noisy_prompt.errors import UserError
@@ -27,9 +28,72 @@ class DatasetLayoutError(UserError, FileNotFoundError):
         super().__init__("\n".join(lines))
 
 
-def open_rgb(path: str | Path) -> Image.Image:
-    with Image.open(path) as im:
-        return im.convert("RGB")
+class Loader(Protocol):
+    """What an ImageSplit's `loader` offers: `loader(item)` opens item i as an RGB image, and the optional
+    facts below, whose defaults `ImageLoader` declares (a reader's loader subclasses it)."""
+
+    # The file an in-memory array was read from (CIFAR's pickle): part of every item's cache identity.
+    source: str | None
+    # A digest of what generates the images (the synthetic world's code): part of every item's cache identity.
+    content_digest: str | None
+
+    def __call__(self, item: Any) -> Image.Image: ...
+
+    def pixels32(self, items: Sequence[Any]) -> np.ndarray | None:
+        """(N, 3072) float32 raw 32x32 RGB pixels of `items` read directly, or None: open each image."""
+
+
+class ImageLoader:
+    """Base of the readers' loaders, with the `Loader` protocol's defaults: no source file, no content
+    digest, no direct pixel path. A plain object, so DataLoader workers can pickle it."""
+
+    source: str | None = None
+    content_digest: str | None = None
+
+    def __call__(self, item: Any) -> Image.Image:
+        raise NotImplementedError
+
+    def pixels32(self, items: Sequence[Any]) -> np.ndarray | None:
+        return None
+
+
+class FileLoader(ImageLoader):
+    """Opens an image file as RGB (items are paths)."""
+
+    def __call__(self, path: str | Path) -> Image.Image:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+
+    def __repr__(self) -> str:
+        return "open_rgb"
+
+
+# The loader of every dataset of files, and a function to open one.
+open_rgb = FileLoader()
+
+
+class CallableLoader(ImageLoader):
+    """A loader given as a plain callable (a user's function, or a loader class that predates `ImageLoader`)."""
+
+    def __init__(self, fn: Callable[[Any], Image.Image]):
+        self.fn = fn
+        # The one place a loader's optional facts are found by name: for a loader object written before
+        # this protocol that declares a content digest (the synthetic world's SyntheticImageLoader, until
+        # it subclasses ImageLoader). A plain function has none.
+        digest = getattr(fn, "content_digest", None)
+        self.content_digest = None if digest is None else str(digest)
+
+    def __call__(self, item: Any) -> Image.Image:
+        return self.fn(item)
+
+
+def as_loader(loader: Any) -> ImageLoader:
+    """`loader` as an ImageLoader: itself when it is one, else wrapped (CallableLoader)."""
+    if isinstance(loader, ImageLoader):
+        return loader
+    if not callable(loader):
+        raise TypeError(f"ImageSplit.loader must be callable (item -> PIL image), got {type(loader).__name__}")
+    return CallableLoader(loader)
 
 
 def verify_hint(dataset: str) -> str:
@@ -82,7 +146,7 @@ class ImageSplit:
     items: list[Any]
     labels: list[int]
     classnames: list[str]
-    loader: Callable[[Any], Image.Image] = open_rgb
+    loader: ImageLoader = open_rgb  # any callable item -> image is accepted and wrapped (as_loader)
     clean_labels: list[int] | None = None  # real-noise datasets where the truth is known (CIFAR-100N)
     keys: list[str] = field(default_factory=list)
     dataset: str = ""  # names for error messages (set by the datamodule / verify via `name_splits`)
@@ -97,6 +161,7 @@ class ImageSplit:
     verify: str | None = None
 
     def __post_init__(self):
+        self.loader = as_loader(self.loader)
         if len(self.items) != len(self.labels):
             raise ValueError(f"ImageSplit: {len(self.items)} items but {len(self.labels)} labels")
         if not self.keys:
@@ -135,9 +200,9 @@ class ImageSplit:
         """Cache identity of item i: its key plus, for a file, the file's resolved path, size and mtime."""
         item = self.items[i]
         if not is_file_item(item):
-            source = getattr(self.loader, "source", None)  # an in-memory array read from a file (CIFAR)
+            source = self.loader.source  # an in-memory array read from a file (CIFAR)
             ident = self.keys[i] if source is None else f"{self.keys[i]}|{file_identity(source)}"
-            content = getattr(self.loader, "content_digest", None)  # a generated image: its generator's code
+            content = self.loader.content_digest  # a generated image: its generator's code
             return ident if content is None else f"{ident}|{content}"
         try:
             return f"{self.keys[i]}|{file_identity(item)}"
@@ -189,6 +254,11 @@ class DatasetSplits:
     templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
     # classname -> descriptive sentences, for datasets that ship their own (the synthetic world); None elsewhere.
     class_descriptions: dict[str, list[str]] | None = None
+    # Facts the dataset publishes for the noise protocols and the methods (data/facts.py, DataFacts):
+    # fine class -> superclass (CIFAR-100's coarse labels), None where the classes have no superclasses;
+    # class name -> the key public description files use for it, where those files phrase names differently.
+    superclass_of: list[int] | None = None
+    description_aliases: dict[str, str] = field(default_factory=dict)
 
     @property
     def classnames(self) -> list[str]:

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from noisy_prompt.data.base import DatasetSplits, ImageSplit
+from noisy_prompt.data.facts import DataFacts
 from noisy_prompt.data.fewshot import sample_fewshot, sample_fewshot_train_val
 from noisy_prompt.data.image_cache import cache_split, resolve_cache_mode, resolve_num_workers
 from noisy_prompt.data.readers import read_dataset
@@ -122,9 +123,9 @@ def collate_batch(batch):
 
 def pixels32(split: ImageSplit) -> np.ndarray:
     """Flattened 32x32 RGB raw pixels (float) per item: the features of Xia et al.'s instance noise."""
-    images = getattr(split.loader, "images", None)
-    if isinstance(images, np.ndarray) and images.shape[1:] == (32, 32, 3):  # CIFAR: read the array directly
-        return images[np.asarray(split.items, dtype=np.int64)].reshape(len(split), -1).astype(np.float32)
+    direct = split.loader.pixels32(split.items)  # CIFAR: its in-memory array, read directly
+    if direct is not None:
+        return direct
     out = np.empty((len(split), 32 * 32 * 3), dtype=np.float32)
     for i in range(len(split)):
         im = split.load(i)
@@ -229,7 +230,7 @@ class CLIPDataModule(L.LightningDataModule):
             return train, given, clean
         features = pixels32(train) if noise.needs_pixels else None
         res = noise.apply(given, C, self.seed, self._dataset_id(train), features=features,
-                          superclass_of=self._superclass_map(), clean_labels=clean)
+                          superclass_of=splits.superclass_of, clean_labels=clean)
         self.noise_result = res
         return train, np.asarray(res.noisy_labels, dtype=np.int64), clean
 
@@ -247,13 +248,6 @@ class CLIPDataModule(L.LightningDataModule):
             return splits.val.subset(sample_fewshot(splits.val.labels, k, self.seed))
         # val indices point into the train pool where the dataset has no val split (ImageNet)
         return (splits.val if splits.val is not None else splits.train).subset(self._val_indices)
-
-    def _superclass_map(self):
-        if self.reader in ("cifar100", "cifar100n"):
-            from noisy_prompt.noise import CIFAR100_SUPERCLASS
-
-            return CIFAR100_SUPERCLASS
-        return None
 
     # ---- Lightning hooks ------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -333,7 +327,17 @@ class CLIPDataModule(L.LightningDataModule):
     def class_descriptions(self) -> dict[str, list[str]] | None:
         """Class name -> descriptive sentences the dataset itself publishes (the synthetic world's);
         None for datasets without them."""
-        return getattr(self.splits, "class_descriptions", None)
+        return self.splits.class_descriptions
+
+    def facts(self) -> DataFacts:
+        """What this data publishes to a method (data/facts.py): the dataset's facts from its reader and the
+        run's (noise protocol, validation on the test split). Needs the label side (setup_labels)."""
+        if self.splits is None:
+            raise RuntimeError("CLIPDataModule.facts() before the dataset was read: call setup() or setup_labels()")
+        return DataFacts(clean_labels_known=self.clean_labels_known, val_is_test=self.val_from == "test",
+                         noise_protocol=self.noise.protocol if self.noise is not None else "clean",
+                         superclass_of=self.splits.superclass_of,
+                         description_aliases=self.splits.description_aliases)
 
     @property
     def clean_labels_known(self) -> bool:
@@ -343,14 +347,16 @@ class CLIPDataModule(L.LightningDataModule):
         Animal-10N or a folder of images) are served as their own clean labels: False."""
         if self.splits is not None and self.splits.clean_labels_known:
             return True
-        return self.noise is None or getattr(self.noise, "protocol", "real") != "real"
+        return self.noise is None or self.noise.protocol != "real"
 
-    @property
     def train_paths(self) -> list[str | None] | None:
         """The training images' files in training-set order (label_issues.csv's `path`); None when the
         dataset's images are not files (in-memory arrays, the generated synthetic world)."""
         paths = [self.train_split.path(i) for i in range(len(self.train_split))]
         return paths if any(p is not None for p in paths) else None
+
+    def num_train(self) -> int:
+        return int(len(self.train_labels))
 
     @property
     def test_set_names(self) -> list[str]:

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from noisy_prompt.data.base import ImageSplit
+from noisy_prompt.data.base import ImageLoader, ImageSplit, as_loader
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +76,16 @@ def split_digest(split: ImageSplit) -> str:
     return h.hexdigest()[:24]
 
 
-class CachedImages:
+class CachedImages(ImageLoader):
     """The loader of a cached split: `loader(item)` -> the decoded image, from memory after the first time.
 
     A plain picklable object (DataLoader workers get a copy; a memory-mapped disk file is shared). The
-    attributes the rest of the code reads from a loader (`source`, `content_digest`, `images`) are those
-    of the wrapped loader, so cache identities and readers' fast paths are unchanged.
+    loader's facts (`source`, `content_digest`, `pixels32`) are those of the wrapped loader, so cache
+    identities and readers' fast paths are unchanged.
     """
 
     def __init__(self, base, items: Sequence[Any], path: Path | None = None):
-        self.base = base
+        self.base = as_loader(base)
         self.row = {item: r for r, item in enumerate(items)}
         self.path = path
         self.memo: dict[int, np.ndarray] = {}
@@ -93,10 +93,16 @@ class CachedImages:
         if path is not None and path.is_file():
             self._load(path)
 
-    def __getattr__(self, name):  # source, content_digest, images, ... of the wrapped loader
-        if name.startswith("__") or name in ("base", "row", "memo", "path", "saved"):
-            raise AttributeError(name)  # not yet set (unpickling) or a dunder: never the wrapped loader's
-        return getattr(self.base, name)
+    @property
+    def source(self) -> str | None:
+        return self.base.source
+
+    @property
+    def content_digest(self) -> str | None:
+        return self.base.content_digest
+
+    def pixels32(self, items: Sequence[Any]) -> np.ndarray | None:
+        return self.base.pixels32(items)
 
     def __call__(self, item) -> Image.Image:
         r = self.row.get(item)

@@ -13,6 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from noisy_prompt import atomic
 from noisy_prompt.clip.factory import ClipBundle, create_clip, freeze
+from noisy_prompt.data.facts import DataFacts, DataSource
 from noisy_prompt.methods.selection import LABEL_ISSUES_FILE
 from noisy_prompt.methods.schedules import warmup_cosine_factor
 
@@ -137,11 +138,11 @@ class ClassifierModule(L.LightningModule):
     def __init__(self, backbone: dict, classnames: list[str], templates: list[str] | None = None,
                  test_sets: list[str] | None = None, input: str = "features", optim: dict | None = None,
                  max_epochs: int = 1, seed: int = 1, class_descriptions: dict[str, list[str]] | None = None,
-                 clip_bundle: ClipBundle | None = None):
+                 clip_bundle: ClipBundle | None = None, facts: DataFacts | None = None):
         super().__init__()
-        # The prebuilt CLIP (handed over by the task so a run loads its weights once) and the dataset's
-        # descriptions are objects, not hyperparameters: checkpoints keep primitives only.
-        self.save_hyperparameters(ignore=["clip_bundle", "class_descriptions"])
+        # The prebuilt CLIP (handed over by the task so a run loads its weights once), the dataset's
+        # descriptions and its facts are objects, not hyperparameters: checkpoints keep primitives only.
+        self.save_hyperparameters(ignore=["clip_bundle", "class_descriptions", "facts"])
         self.strict_loading = False
         self.classnames = list(classnames)
         self.num_classes = len(self.classnames)
@@ -153,6 +154,11 @@ class ClassifierModule(L.LightningModule):
         self.seed = int(seed)
         # Class name -> description sentences, when the dataset publishes them (None otherwise).
         self.class_descriptions = dict(class_descriptions) if class_descriptions else None
+        # What the data publishes (data/facts.py), handed over by the task beside the class names: a method
+        # reads its data's facts here, never from the datamodule and never by the dataset's name. A module
+        # built without them (library use) takes its datamodule's when it is fitted (`setup`).
+        self.facts = facts if facts is not None else DataFacts()
+        self._facts_given = facts is not None
         bundle = clip_bundle if clip_bundle is not None else create_clip(**backbone)
         self.clip = freeze(bundle.model)
         self.tokenizer = bundle.tokenizer
@@ -301,7 +307,7 @@ class ClassifierModule(L.LightningModule):
         prompt methods, images for fine-tuning methods), with the method's verdicts where it has them."""
         from noisy_prompt.methods import selection
 
-        if dm is None and (self._trainer is None or getattr(self.trainer, "datamodule", None) is None):
+        if dm is None and self.data_source() is None:
             raise RuntimeError(f"{type(self).__name__}.write_label_issues needs the training set: fit the model "
                                "first or pass dm")
         out, given, clean, dm = selection.training_set_pass(
@@ -310,7 +316,7 @@ class ClassifierModule(L.LightningModule):
         if verdicts is not None and not torch.equal(verdicts.given.cpu(), given.cpu()):
             raise RuntimeError(f"{type(self).__name__}: the verdicts were made on other given labels than the "
                                "training set served now")
-        true = clean if selection.true_labels_known(dm) else None
+        true = self.known_true(clean)
         return selection.report_from_log_probs(out["log_probs"], given, true, verdicts, selection.sample_paths(dm))
 
     def write_label_issues(self, path: str | Path, dm: Any = None) -> Path:
@@ -408,11 +414,39 @@ class ClassifierModule(L.LightningModule):
         for key, value in json.loads(Path(path).read_text()).items():
             setattr(self, key, value)
 
+    # ---- the data (data/facts.py) ----------------------------------------------------------------------
+    def data_source(self) -> DataSource | None:
+        """The data this module is fitted with (the trainer's datamodule), through the one protocol a method
+        may use; None outside a fit, or when the trainer was given plain dataloaders."""
+        if self._trainer is None:
+            return None
+        dm = self.trainer.datamodule
+        return dm if isinstance(dm, DataSource) else None
+
+    def known_true(self, clean: torch.Tensor) -> torch.Tensor | None:
+        """The served clean labels where they are ground truth (`facts.clean_labels_known`), else None: real
+        noise without annotation serves the noisy labels as `clean_label`, and scoring against them would
+        be meaningless."""
+        return clean if self.facts.clean_labels_known else None
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        source = self.data_source()
+        if source is None:
+            return
+        facts = source.facts()
+        if not self._facts_given:
+            self.facts, self._facts_given = facts, True
+        elif facts != self.facts:
+            raise ValueError(f"{type(self).__name__} was built for other data than the datamodule it runs with "
+                             f"(module != datamodule: {'; '.join(self.facts.differences(facts))}); build the "
+                             "module with facts=dm.facts() of the data it runs on")
+
     # ---- training plumbing ------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
-        dm = getattr(self.trainer, "datamodule", None)
-        if dm is not None and hasattr(dm, "set_epoch"):
-            dm.set_epoch(self.current_epoch)
+        source = self.data_source()
+        if source is not None:  # the epoch's augmented view and batch order
+            source.set_epoch(self.current_epoch)
 
     def on_train_epoch_end(self) -> None:
         for key, value in self.trainer.callback_metrics.items():

@@ -44,9 +44,8 @@ class EpochCurveModule(ClassifierModule):
         self.epochs_trained = 0
 
     def validation_is_test(self) -> bool:
-        # A fact the datamodule publishes (its `val_from`), never a dataset name.
-        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        return getattr(dm, "val_from", None) == "test"
+        # A fact the data publishes (data.val_from=test), never a dataset name.
+        return self.facts.val_is_test
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()

@@ -12,7 +12,7 @@ Two things live here, shared by every method that trains on labels:
   `label_issue_metrics` scores the verdicts and the ranking against the true labels where they are known.
 
 Functions of tensors are pure (tested alone in tests/test_selection.py); only `training_set_pass` and
-`sample_paths` touch a module or a datamodule.
+`sample_paths` touch a module or the data, through the `DataSource` protocol (data/facts.py).
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from noisy_prompt.atomic import replacing
+from noisy_prompt.data.facts import DataSource
 
 LABEL_ISSUES_FILE = "label_issues.csv"
 # Below this many training images a pass is quick enough that a progress bar is noise.
@@ -79,42 +80,27 @@ def purification_summary(history: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def true_labels_known(dm: Any) -> bool:
-    """Whether the datamodule's clean labels are real ground truth rather than copies of the given ones.
-
-    Real-noise datasets without clean annotations (Animal-10N, WebVision, ...) serve the noisy labels as
-    `clean_label`; precision/recall against them would be meaningless.
-    """
-    flag = getattr(dm, "clean_labels_known", None)
-    if flag is not None:
-        return bool(flag() if callable(flag) else flag)
-    split = getattr(dm, "train_split", None)
-    if split is not None and getattr(split, "clean_labels", None) is not None:
-        return True
-    noise = getattr(dm, "noise", None)
-    return noise is None or getattr(noise, "protocol", "real") != "real"
-
-
-def sample_paths(dm: Any) -> list[str] | None:
-    """The training images' files as the datamodule publishes them (`train_paths`), None where it has none."""
-    paths = getattr(dm, "train_paths", None)
+def sample_paths(dm: DataSource) -> list[str] | None:
+    """The training images' files as the data publishes them (`train_paths()`), None where it has none."""
+    paths = dm.train_paths()
     return list(paths) if paths else None
 
 
 # ------------------------------------------------------------------------------ the training-set pass
 
 
-def _training_set_loader(module, dm: Any):
+def _training_set_loader(module, dm: DataSource | None):
     if dm is None:
-        dm = getattr(module.trainer, "datamodule", None) if module._trainer is not None else None
-    if dm is None or not hasattr(dm, "train_eval_dataloader"):
+        dm = module.data_source()
+    if not isinstance(dm, DataSource):
         raise RuntimeError(f"{type(module).__name__} scores the whole training set: fit it with a datamodule that "
-                           "has train_eval_dataloader() (the training set, no augmentation), or pass dm")
+                           "is a data.facts.DataSource (train_eval_dataloader(): the training set, no "
+                           f"augmentation), or pass one as dm (got {type(dm).__name__})")
     return dm, dm.train_eval_dataloader()
 
 
 @torch.no_grad()
-def training_set_pass(module, outputs: Callable[[Tensor], dict[str, Tensor]], dm: Any = None,
+def training_set_pass(module, outputs: Callable[[Tensor], dict[str, Tensor]], dm: DataSource | None = None,
                       desc: str = "scoring the training set") -> tuple[dict[str, Tensor], Tensor, Tensor, Any]:
     """Run `outputs(x)` over the un-augmented training set in eval mode, under the trainer's precision.
 

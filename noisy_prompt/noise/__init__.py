@@ -1,8 +1,5 @@
 """Label-noise protocols (docs/noise.md) and the NoiseSpec that Hydra's `noise/` configs instantiate."""
 from noisy_prompt.noise.protocols import (
-    CIFAR100_COARSE_NAMES,
-    CIFAR100_FINE_NAMES,
-    CIFAR100_SUPERCLASS,
     FewShotNoise,
     NoiseResult,
     asym_cyclic_noise,
@@ -18,9 +15,6 @@ from noisy_prompt.noise.protocols import (
 from noisy_prompt.noise.spec import PROTOCOLS, NoiseSpec
 
 __all__ = [
-    "CIFAR100_COARSE_NAMES",
-    "CIFAR100_FINE_NAMES",
-    "CIFAR100_SUPERCLASS",
     "FewShotNoise",
     "NoiseResult",
     "NoiseSpec",

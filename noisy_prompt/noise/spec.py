@@ -97,8 +97,9 @@ class NoiseSpec:
         if proto == "asym":
             if superclass_of is None:
                 raise ValueError(f"noise '{self.name}' (protocol 'asym' superclass, rate {self.rate}): needs a "
-                                 "superclass map (superclass_of), e.g. noisy_prompt.noise.CIFAR100_SUPERCLASS "
-                                 "for CIFAR-100")
+                                 "superclass map (superclass_of), which a dataset publishes through its reader "
+                                 "(DatasetSplits.superclass_of; CIFAR-100's reader reads its coarse labels): "
+                                 "this dataset publishes none")
             return P.asym_superclass_noise(labels, num_classes, self.rate, seed, dataset_id, superclass_of)
         if proto == "inst":
             if features is None and self.rate > 0:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from noisy_prompt.data.base import DatasetLayoutError, DatasetSplits, ImageSplit, open_rgb
-from noisy_prompt.data.readers.templates import templates_for
+from noisy_prompt.data.readers.templates import description_aliases_for, templates_for
 
 COOP_DATASETS_MD = "https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md"
 
@@ -219,7 +219,7 @@ def read_split_dataset(name: str, root: Path | str) -> DatasetSplits:
 
     return DatasetSplits(
         name=name, train=part(split["train"]), val=part(split["val"]), test=part(split["test"]),
-        templates=templates_for(name),
+        templates=templates_for(name), description_aliases=description_aliases_for(name),
     )
 
 
@@ -366,5 +366,6 @@ def read_imagenet(root: Path | str) -> DatasetSplits:
         return split
 
     return DatasetSplits(
-        name="imagenet", train=part(train_dir), val=None, test=part(val_dir), templates=templates_for("imagenet")
+        name="imagenet", train=part(train_dir), val=None, test=part(val_dir), templates=templates_for("imagenet"),
+        description_aliases=description_aliases_for("imagenet"),
     )

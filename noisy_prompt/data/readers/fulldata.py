@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from noisy_prompt.data.base import DatasetLayoutError, DatasetSplits, ImageSplit
+from noisy_prompt.data.base import DatasetLayoutError, DatasetSplits, ImageLoader, ImageSplit
 from noisy_prompt.errors import SafeUnpickler
 from noisy_prompt.data.readers.coop import (
     as_data_root,
@@ -37,8 +37,8 @@ CIFAR_DIR = "cifar-100-python"
 CIFAR100N_FILE = "CIFAR-100_human.pt"
 CIFAR100_LAYOUT = f"""
 <data root>/{CIFAR_DIR}/
-  train   (python pickle: 'data' uint8 (50000, 3072), 'fine_labels')
-  test    (python pickle: 'data' uint8 (10000, 3072), 'fine_labels')
+  train   (python pickle: 'data' uint8 (50000, 3072), 'fine_labels', 'coarse_labels')
+  test    (python pickle: 'data' uint8 (10000, 3072), 'fine_labels', 'coarse_labels')
   meta    (python pickle: 'fine_label_names')
 """
 CIFAR100_SOURCE = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz (the torchvision download, extracted)"
@@ -50,11 +50,11 @@ CIFAR100N_SOURCE = (
 )
 
 
-class ArrayImageLoader:
+class ArrayImageLoader(ImageLoader):
     """Image i of an in-memory uint8 array (N, H, W, 3) as an RGB PIL image.
 
-    A small plain class rather than a closure so that DataLoader workers can pickle it. `images`
-    stays public: pixel-based noise generators can read the raw array directly.
+    A small plain class rather than a closure so that DataLoader workers can pickle it. Pixel-based
+    noise generators read 32x32 arrays directly (`pixels32`).
     """
 
     def __init__(self, images: np.ndarray, source: str | Path | None = None):
@@ -68,6 +68,11 @@ class ArrayImageLoader:
     def __call__(self, index: int) -> Image.Image:
         return Image.fromarray(self.images[int(index)]).convert("RGB")
 
+    def pixels32(self, items: Sequence[Any]) -> np.ndarray | None:
+        if self.images.shape[1:] != (32, 32, 3):
+            return None
+        return self.images[np.asarray(items, dtype=np.int64)].reshape(len(items), -1).astype(np.float32)
+
 
 def _unpickle(path: Path, keys: Sequence[str]) -> dict[str, Any]:
     # Arrays, lists and strings only: a replaced pickle cannot run code (errors.SafeUnpickler).
@@ -79,7 +84,8 @@ def _unpickle(path: Path, keys: Sequence[str]) -> dict[str, Any]:
     return obj
 
 
-def _cifar_part(data_root: Path, name: str, classnames: list[str]) -> ImageSplit:
+def _cifar_part(data_root: Path, name: str, classnames: list[str]) -> tuple[ImageSplit, list[int] | None]:
+    """The split and its coarse (superclass) labels, None when the pickle has none."""
     path = data_root / CIFAR_DIR / name
     obj = _unpickle(path, ["data", "fine_labels"])
     data = np.asarray(obj["data"], dtype=np.uint8)
@@ -92,20 +98,59 @@ def _cifar_part(data_root: Path, name: str, classnames: list[str]) -> ImageSplit
     bad = [y for y in labels if not 0 <= y < len(classnames)]
     if bad:
         raise ValueError(f"{path}: fine_labels outside 0..{len(classnames) - 1}: {sorted(set(bad))[:10]}")
+    coarse = None
+    if "coarse_labels" in obj:
+        coarse = [int(c) for c in obj["coarse_labels"]]
+        if len(coarse) != len(labels):
+            raise ValueError(f"{path}: 'coarse_labels' has {len(coarse)} entries for {len(labels)} images")
     images = np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-    return ImageSplit(
+    split = ImageSplit(
         items=list(range(len(labels))),
         labels=labels,
         classnames=classnames,
         loader=ArrayImageLoader(images, source=path),
         keys=[f"{CIFAR_DIR}/{name}/{i}" for i in range(len(labels))],
     )
+    return split, coarse
 
 
-def _read_cifar(data_root: Path) -> tuple[ImageSplit, ImageSplit]:
+def cifar_superclass_of(parts: Sequence[tuple[Path, list[int], list[int] | None]], classnames: list[str]) -> list[int] | None:
+    """Fine class -> superclass, from the pickles' `coarse_labels` ((file, fine labels, coarse labels) per
+    pickle). Every fine class must sit in one superclass; a class no image shows has none to read.
+
+    A pickle without coarse labels: CIFAR-100's published class/superclass listing, when the class names
+    are CIFAR-100's own (else None: the classes have no superclasses). Where the pickles have them and the
+    names are CIFAR-100's, they must agree with that listing (a reordered or edited file is an error).
+    """
+    from noisy_prompt.data.readers.cifar100_classes import CIFAR100_FINE_NAMES, CIFAR100_SUPERCLASS
+
+    standard = [clean_classname(n) for n in CIFAR100_FINE_NAMES] == list(classnames)
+    if any(coarse is None for _, _, coarse in parts):
+        return list(CIFAR100_SUPERCLASS) if standard else None
+    found: dict[int, int] = {}
+    for path, fine, coarse in parts:
+        for y, c in zip(fine, coarse):
+            if found.setdefault(y, c) != c:
+                raise ValueError(f"{path}: class {y} ({classnames[y]}) has coarse labels {found[y]} and {c}; "
+                                 "expected one superclass per fine class")
+    if len(found) < len(classnames):
+        return None  # a class no image shows (the reader's caller rejects empty classes): no map to publish
+    superclass_of = [found[c] for c in range(len(classnames))]
+    if standard and superclass_of != list(CIFAR100_SUPERCLASS):
+        wrong = [classnames[c] for c in range(len(classnames)) if superclass_of[c] != CIFAR100_SUPERCLASS[c]]
+        raise ValueError(f"{parts[0][0]}: coarse_labels disagree with CIFAR-100's class/superclass listing for "
+                         f"{len(wrong)} classes ({', '.join(wrong[:5])}); expected the official pickles")
+    return superclass_of
+
+
+def _read_cifar(data_root: Path) -> tuple[ImageSplit, ImageSplit, list[int] | None]:
+    """(train, test, fine class -> superclass)."""
     meta = _unpickle(data_root / CIFAR_DIR / "meta", ["fine_label_names"])
     classnames = [clean_classname(str(n)) for n in meta["fine_label_names"]]
-    return _cifar_part(data_root, "train", classnames), _cifar_part(data_root, "test", classnames)
+    (train, coarse_train), (test, coarse_test) = (_cifar_part(data_root, n, classnames) for n in ("train", "test"))
+    superclass_of = cifar_superclass_of([(data_root / CIFAR_DIR / "train", train.labels, coarse_train),
+                                         (data_root / CIFAR_DIR / "test", test.labels, coarse_test)], classnames)
+    return train, test, superclass_of
 
 
 def _cifar_required(data_root: Path) -> list[Path]:
@@ -115,8 +160,9 @@ def _cifar_required(data_root: Path) -> list[Path]:
 def read_cifar100(root: Path | str) -> DatasetSplits:
     data_root = as_data_root(root)
     require_paths("cifar100", data_root, _cifar_required(data_root), CIFAR100_LAYOUT, CIFAR100_SOURCE)
-    train, test = _read_cifar(data_root)
-    return DatasetSplits(name="cifar100", train=train, val=None, test=test, templates=templates_for("cifar100"))
+    train, test, superclass_of = _read_cifar(data_root)
+    return DatasetSplits(name="cifar100", train=train, val=None, test=test, templates=templates_for("cifar100"),
+                         superclass_of=superclass_of)
 
 
 def _numpy_safe_globals() -> list[Any]:
@@ -167,7 +213,7 @@ def read_cifar100n(root: Path | str) -> DatasetSplits:
         "cifar100n", data_root, [*_cifar_required(data_root), human_paths], CIFAR100N_LAYOUT, CIFAR100N_SOURCE
     )
     human = next(p for p in human_paths if p.exists())
-    train, test = _read_cifar(data_root)
+    train, test, superclass_of = _read_cifar(data_root)
     clean, noisy = load_cifar100n_labels(human)
     train_file = data_root / CIFAR_DIR / "train"
     for key, values in (("clean_label", clean), ("noisy_label", noisy)):
@@ -192,7 +238,8 @@ def read_cifar100n(root: Path | str) -> DatasetSplits:
         clean_labels=clean, keys=train.keys,
     )
     return DatasetSplits(
-        name="cifar100n", train=noisy_train, val=None, test=test, templates=templates_for("cifar100n")
+        name="cifar100n", train=noisy_train, val=None, test=test, templates=templates_for("cifar100n"),
+        superclass_of=superclass_of,
     )
 
 

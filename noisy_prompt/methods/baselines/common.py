@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from noisy_prompt.methods.base import ClassifierModule
-from noisy_prompt.methods.selection import Verdicts, purification_summary, true_labels_known
+from noisy_prompt.methods.selection import Verdicts, purification_summary
 
 from .core import verdict_stats
 
@@ -128,10 +128,6 @@ class BaselineModule(ClassifierModule):
         """Before each epoch: score the training set; returns the stats to log (None: nothing this epoch)."""
         v, extra = self.score_training_set()
         return self.record_verdicts(v, **extra)
-
-    @staticmethod
-    def known_true(dm: Any, clean: Tensor) -> Tensor | None:
-        return clean if true_labels_known(dm) else None
 
     # ---- hooks ------------------------------------------------------------------------------------
     def extra_metrics(self) -> dict[str, float]:

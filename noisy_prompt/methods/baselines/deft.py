@@ -121,7 +121,6 @@ class DeFT(BaselineModule):
         self.phase = 1
         self.final_verdicts: Verdicts | None = None
         self._epoch_masks: dict[str, Tensor] = {}
-        self._noise_protocol: str | None = None
 
     # ---- phase 1 --------------------------------------------------------------------------------
     def prompt_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -137,21 +136,15 @@ class DeFT(BaselineModule):
             return self.prompt_logits(x)[0]
         return self.head(self.image_features(x))
 
-    def noise_protocol(self) -> str:
-        if self._noise_protocol is None:
-            dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-            self._noise_protocol = str(getattr(getattr(dm, "noise", None), "protocol", "") or "")
-        return self._noise_protocol
-
     def _real(self, key: str) -> bool:
         value = self.p1[key]
-        return self.noise_protocol() == "real" if value == "auto" else value == "on"
+        return self.facts.noise_protocol == "real" if value == "auto" else value == "on"
 
     @property
     def warmup_epochs(self) -> int:
         """1 epoch under synthetic noise, 5 under real noise (DeFT's settings) when `auto`."""
         w = self.p1["warmup"]
-        return (5 if self.noise_protocol() == "real" else 1) if w == "auto" else int(w)
+        return (5 if self.facts.noise_protocol == "real" else 1) if w == "auto" else int(w)
 
     def verdict(self, margin: Tensor, labels: Tensor) -> Tensor:
         """From the margin pos − neg (core.deft_margin), which does not saturate as p_yes does."""
@@ -220,7 +213,7 @@ class DeFT(BaselineModule):
         # noisy sample towards after warm-up). argmax_k p_yes_k is not a classifier: each p_yes_k is a
         # separate yes/no score, and its argmax scored below chance on the synthetic world.
         confidence, suggested = out["pos"].softmax(dim=1).max(dim=1)
-        true = self.known_true(dm, clean)
+        true = self.known_true(clean)
         p_yes_given = torch.sigmoid(margin.gather(1, given[:, None]).squeeze(1))  # label_issues.csv's method_score
         v = Verdicts(self.phase1_epochs, given, true, mask, p_yes_given, suggested, confidence)
         return v, {"final_detection": 1.0}
@@ -232,9 +225,8 @@ class DeFT(BaselineModule):
         if self.phase == 1 and self._epoch_masks:
             # Clean-set size (and detector quality) of this phase-1 epoch, from its training batches.
             m = self._epoch_masks
-            dm = getattr(self.trainer, "datamodule", None)
             n = int(m["seen"].sum())
-            true = self.known_true(dm, m["true"]) if dm is not None else None
+            true = self.known_true(m["true"])
             sel = m["seen"]
             stats = core.verdict_stats(m["clean"][sel], m["given"][sel], None if true is None else true[sel])
             stats["phase"] = 1.0
@@ -244,7 +236,8 @@ class DeFT(BaselineModule):
                      stats["clean_fraction"])
 
     def _remember(self, idx: Tensor, clean: Tensor, given: Tensor, true: Tensor) -> None:
-        n = len(self.trainer.datamodule.train_set) if self._trainer is not None else int(idx.max()) + 1
+        source = self.data_source()
+        n = source.num_train() if source is not None else int(idx.max()) + 1
         if not self._epoch_masks:
             dev = idx.device
             self._epoch_masks = {"seen": torch.zeros(n, dtype=torch.bool, device=dev),

@@ -88,7 +88,6 @@ class DivideMix(BaselineModule):
             w.add_(float(head_jitter) * scale * torch.randn(w.shape, generator=gen))
         self.p_clean: dict[str, Tensor] = {}
         self.given_labels: Tensor | None = None
-        self._penalty_on: bool | None = None
 
     # ---- networks -------------------------------------------------------------------------------
     def net_logits(self, net: str, x: Tensor) -> Tensor:
@@ -132,7 +131,7 @@ class DivideMix(BaselineModule):
             losses = F.cross_entropy(out[net].float(), given, reduction="none")
             p[net] = core.gmm_clean_probability(losses, **self.gmm_cfg).float()
         self.p_clean, self.given_labels = p, given
-        true = self.known_true(dm, clean)
+        true = self.known_true(clean)
         score = (p["a"] + p["b"]) / 2
         probs = (torch.softmax(out["a"].float(), 1) + torch.softmax(out["b"].float(), 1)) / 2
         confidence, suggested = probs.max(dim=1)
@@ -153,11 +152,7 @@ class DivideMix(BaselineModule):
         """The warm-up confidence penalty: on under asymmetric noise (the paper's rule) when `auto`."""
         if self.confidence_penalty_mode != "auto":
             return self.confidence_penalty_mode == "on"
-        if self._penalty_on is None:
-            dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-            protocol = str(getattr(getattr(dm, "noise", None), "protocol", "") or "")
-            self._penalty_on = protocol.startswith("asym")
-        return self._penalty_on
+        return self.facts.noise_protocol.startswith("asym")
 
     # ---- training -------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> None:

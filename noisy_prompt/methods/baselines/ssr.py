@@ -81,7 +81,7 @@ class SSR(BaselineModule):
         self.sample_weight = (core.class_balanced_weights(working, clean_mask, self.num_classes)
                               if self.balance == "weights" else clean_mask.float())
         self.epoch_feats = feats if self.keeps_features else None  # LSL's structural labels reuse them
-        true = self.known_true(dm, clean)
+        true = self.known_true(clean)
         # label_issues method_score: the vote's share at the given label, relative to the top class (SSR's score).
         score = vote.gather(1, given[:, None]).squeeze(1) / vote.max(dim=1).values.clamp_min(1e-30)
         v = Verdicts(self.current_epoch, given, true, clean_mask, score, working,

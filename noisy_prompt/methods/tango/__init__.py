@@ -1,5 +1,5 @@
 """TANGO: text-anchored classifier, anchor-guided purification and anchor sentences."""
-from .anchors import DEFAULT_ALIASES, load_cupl, match_descriptions, template_sentences
+from .anchors import load_cupl, match_descriptions, template_sentences
 from .neighbours import blocked_topk, iter_topk_blocks
 from .purification import (
     KNN_VOTES,
@@ -14,7 +14,6 @@ from .purification import (
 from .tac import TAC_FORMS, class_anchor_table, tac_log_probs, tac_temperature
 
 __all__ = [
-    "DEFAULT_ALIASES",
     "KNN_VOTES",
     "TAC_FORMS",
     "PurificationResult",

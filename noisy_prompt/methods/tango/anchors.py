@@ -69,33 +69,6 @@ TEMPLATES: tuple[str, ...] = (
     "a {} in a photo.",
 )
 
-# Class name (as the dataset reader gives it) -> key of the public description files, for names
-# that `_`/space and case folding do not reconcile. Keep to names that are known to differ.
-DEFAULT_ALIASES: dict[str, dict[str, str]] = {
-    # CoOp's Caltech-101 names are the folder names; CLIP-style files (which CuPL-like generators
-    # use) phrase some classes differently. CoOp keeps "Faces" (renamed "face") and drops
-    # "Faces_easy"; in CLIP's list "Faces" is "off-center face".
-    "caltech101": {
-        "face": "off-center face",
-        "car side": "side of a car",
-        "cougar body": "body of a cougar cat",
-        "cougar face": "face of a cougar cat",
-        "crocodile head": "head of a crocodile",
-        "flamingo head": "head of a flamingo",
-        "snoopy": "snoopy (cartoon beagle)",
-        "yin yang": "yin and yang symbol",
-    },
-    # CLIP's ImageNet list names two pairs of classes identically ("missile" for n03773504 and
-    # n04008634, "sunglasses" for n04355933 and n04356056), so a file keyed by those names has a
-    # single entry per pair. Both members share it: the WordNet names of the second members map
-    # onto it (CLIP names match it directly).
-    "imagenet": {
-        "projectile": "missile",
-        "sunglass": "sunglasses",
-    },
-}
-
-
 def normalise_key(name: str) -> str:
     """Case-insensitive, `_` == space, runs of whitespace collapsed (some files hold 'head of a  crocodile')."""
     return re.sub(r"\s+", " ", name.replace("_", " ")).strip().lower()

@@ -12,7 +12,7 @@ import logging
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -20,9 +20,9 @@ from torch import Tensor, nn
 
 from noisy_prompt.losses import masked_cross_entropy, mixup, soft_cross_entropy
 from noisy_prompt.methods.epoch_curve import EpochCurveModule
-from noisy_prompt.methods.selection import Verdicts, purification_summary, training_set_pass, true_labels_known
+from noisy_prompt.methods.selection import Verdicts, purification_summary, training_set_pass
 
-from .anchors import DEFAULT_ALIASES, load_cupl, match_descriptions, template_sentences
+from .anchors import load_cupl, match_descriptions, template_sentences
 from .purification import KNN_VOTES, purify, resolve_k
 from .tac import TAC_FORMS, class_anchor_table, tac_log_probs, tac_temperature
 
@@ -48,27 +48,29 @@ STAT_NAMES = {
 
 def anchor_sentences(source: str, classnames: list[str], k: int, path: str | None = None,
                      dataset: str | None = None,
-                     class_descriptions: dict[str, list[str]] | None = None) -> tuple[list[list[str]], list[str]]:
+                     class_descriptions: dict[str, list[str]] | None = None,
+                     aliases: Mapping[str, str] | None = None) -> tuple[list[list[str]], list[str]]:
     """Per class, its anchor sentences, and the classes that fell back to templates.
 
     cupl: the description file at `path` (no path = templates for all classes, logged as fallen back);
     templates: template sentences; dataset: the descriptions the dataset itself publishes
-    (`class_descriptions`, handed over by the datamodule; e.g. the synthetic world's), matched to the
-    class names like a description file.
+    (`class_descriptions`, handed over by the task; e.g. the synthetic world's), matched to the
+    class names like a description file. `aliases` (the data's `description_aliases` fact) maps class
+    names that description files phrase differently; `dataset` only names the data in messages.
     """
     source = ANCHOR_SOURCE_ALIASES.get(source, source)
     if source == "cupl":
         descriptions = load_cupl(path) if path else None
-        return match_descriptions(classnames, descriptions, k, aliases=DEFAULT_ALIASES.get(dataset or ""))
+        return match_descriptions(classnames, descriptions, k, aliases=aliases)
     if source == "templates":
         return [template_sentences(c, k) for c in classnames], []
     if source == "dataset":
         if not class_descriptions:
             raise ValueError(
                 f"model.anchors.source=dataset needs the dataset's own class descriptions, but data "
-                f"{dataset or '(unnamed)'!r} publishes none (its datamodule's class_descriptions is empty); "
+                f"{dataset or '(unnamed)'!r} publishes none (its reader's class_descriptions is empty); "
                 "use model.anchors.source=cupl with model.anchors.path=<descriptions.json>, or templates")
-        return match_descriptions(classnames, class_descriptions, k, aliases=DEFAULT_ALIASES.get(dataset or ""))
+        return match_descriptions(classnames, class_descriptions, k, aliases=aliases)
     raise ValueError(f"model.anchors.source must be one of {', '.join(ANCHOR_SOURCES)}, got {source!r}")
 
 
@@ -160,7 +162,8 @@ class Tango(EpochCurveModule):
             raise ValueError(f"model.anchors: unknown keys {sorted(unknown)}; expected {sorted(ANCHOR_KEYS)}")
         self.anchor_cfg = cfg
         self.anchor_sentences, self.anchor_fallback = anchor_sentences(
-            cfg["source"], self.classnames, int(cfg["k"]), cfg["path"], dataset, self.class_descriptions)
+            cfg["source"], self.classnames, int(cfg["k"]), cfg["path"], dataset, self.class_descriptions,
+            aliases=self.facts.description_aliases)
         if cfg["source"] == "cupl" and not cfg["path"]:
             log.info("anchors: no description file (model.anchors.path is empty): template sentences for every class")
         feats, labels = self._encode_anchors(self.anchor_sentences, int(cfg["encode_batch_size"]))
@@ -228,19 +231,19 @@ class Tango(EpochCurveModule):
 
     # ---- purification ---------------------------------------------------------------------------
     def purify_training_set(self, dm: Any = None) -> dict[str, float]:
-        """Purification with the current weights over `dm` (default: the trainer's datamodule).
+        """Purification with the current weights over `dm` (default: the data the module is fitted with).
 
         Sets `self.purified` and returns the stats; the clean labels only feed the stats.
         """
         out, given, clean, dm = training_set_pass(self, lambda x: {"feats": self.image_features(x)}, dm,
                                                   desc=f"purify epoch {self.current_epoch + 1}: features")
         feats = out["feats"]
-        known = true_labels_known(dm)
+        true = self.known_true(clean)
         result = purify(feats, given, self.current_anchors().detach(), self.anchor_labels, self.num_classes,
                         beta=self.beta, k=self.knn_k, m=self.m, block_size=self.block_size,
-                        clean_labels=clean if known else None, knn_vote=self.knn_vote)
+                        clean_labels=true, knn_vote=self.knn_vote)
         self.purified = PurifiedLabels(
-            epoch=self.current_epoch, given=given, true=clean if known else None, clean_mask=result.clean_mask,
+            epoch=self.current_epoch, given=given, true=true, clean_mask=result.clean_mask,
             soft_labels=result.soft_labels, q_given=result.q.gather(1, given[:, None]).squeeze(1))
         stats = {STAT_NAMES.get(key, key): float(value) for key, value in result.stats.items()}
         stats["k"] = float(min(resolve_k(self.knn_k, feats.shape[0], self.num_classes), feats.shape[0] - 1))
@@ -279,10 +282,10 @@ class Tango(EpochCurveModule):
         return float(100.0 * correct / total.clamp_min(1))
 
     def _epoch0_reference(self) -> None:
-        dm = getattr(self.trainer, "datamodule", None)
-        if dm is None or not hasattr(dm, "test_dataloader"):
+        source = self.data_source()
+        if source is None:
             return
-        loaders = dm.test_dataloader()
+        loaders = source.test_dataloader()
         loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
         if loaders:
             self.epoch0_test_acc = self.tac_test_accuracy(loaders[0])
