@@ -133,7 +133,7 @@ def test_loaders_declare_their_facts_with_defaults(tmp_path):
     assert isinstance(split.loader, CallableLoader) and split.loader.content_digest is None
     assert split.identity(0) == "0"
 
-    class Digested:  # a loader object written before ImageLoader that publishes a digest (the synthetic world's)
+    class Digested:  # a user's loader object that is not an ImageLoader but publishes a digest
         content_digest = "abc"
 
         def __call__(self, i):

@@ -73,13 +73,12 @@ open_rgb = FileLoader()
 
 
 class CallableLoader(ImageLoader):
-    """A loader given as a plain callable (a user's function, or a loader class that predates `ImageLoader`)."""
+    """A loader given as a plain callable (a user's function, or a loader class that is not an `ImageLoader`)."""
 
     def __init__(self, fn: Callable[[Any], Image.Image]):
         self.fn = fn
-        # The one place a loader's optional facts are found by name: for a loader object written before
-        # this protocol that declares a content digest (the synthetic world's SyntheticImageLoader, until
-        # it subclasses ImageLoader). A plain function has none.
+        # A user's loader object that is not an ImageLoader but declares a content digest keeps it: cached
+        # features must follow what it loads. A plain function has none.
         digest = getattr(fn, "content_digest", None)
         self.content_digest = None if digest is None else str(digest)
 

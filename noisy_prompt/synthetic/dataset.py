@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..data.base import DatasetSplits, ImageSplit
+from ..data.base import DatasetSplits, ImageLoader, ImageSplit
 from .captions import class_descriptions
 from .world import CLASSNAMES, DEFAULT_WORLD, DOWNSTREAM_STYLE, check_style, downstream_classes, render_pil, world_spec
 
@@ -27,7 +27,7 @@ NUM_DESCRIPTIONS = 40
 
 
 @dataclass(frozen=True)
-class SyntheticImageLoader:
+class SyntheticImageLoader(ImageLoader):
     """Renders image `i` of one split; a plain object so DataLoader workers can pickle it."""
 
     world_seed: int
