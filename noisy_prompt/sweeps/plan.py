@@ -159,6 +159,9 @@ class RawLayout:
     table: str
     where: str
     raw: Any = field(compare=False, hash=False)
+    # the values of each grid key in the stages that run this table, in grid order: a discovered table's
+    # rows and columns follow them
+    grid: Mapping[str, tuple[str, ...]] = field(default_factory=dict, compare=False, hash=False)
 
 
 @dataclass(frozen=True)
@@ -259,7 +262,7 @@ def _read_sweep_file(path: Path) -> _RawFile:
     stages = raw["stages"] if "stages" in raw else [{"grids": raw["grids"]}]
     if not isinstance(stages, list) or not stages:
         raise SweepFileError(f"{path}: 'stages' must be a non-empty list")
-    layouts = [RawLayout(table, f"{path}: layout", raw["layout"])] if "layout" in raw else []
+    layouts = [(table, f"{path}: layout", raw["layout"])] if "layout" in raw else []
     for i, stage in enumerate(stages):
         where = f"{path}: stage {i + 1}" if "stages" in raw else str(path)
         if not isinstance(stage, dict):
@@ -274,10 +277,26 @@ def _read_sweep_file(path: Path) -> _RawFile:
             if sweep == table:
                 raise SweepFileError(f"{where}: a stage's 'layout' is the table of its own 'sweep'; "
                                      f"put the layout of {table!r} at the top level of the file")
-            if any(lay.table == sweep for lay in layouts):
+            if any(name == sweep for name, _, _ in layouts):
                 raise SweepFileError(f"{where}: a second layout for table {sweep!r}")
-            layouts.append(RawLayout(sweep, f"{where}: layout", stage["layout"]))
-    return _RawFile(raw=raw, table=table, stages=stages, layouts=tuple(layouts))
+            layouts.append((sweep, f"{where}: layout", stage["layout"]))
+    values = _stage_grid_values(table, stages)
+    return _RawFile(raw=raw, table=table, stages=stages,
+                    layouts=tuple(RawLayout(name, where, lay, values.get(name, {})) for name, where, lay in layouts))
+
+
+def _stage_grid_values(table: str, stages: list) -> dict[str, dict[str, tuple[str, ...]]]:
+    """{sweep name: {grid key: its values in grid order}} of a file's stages (grids not checked yet: for
+    ordering rows and columns, not for running)."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for stage in stages:
+        values = out.setdefault(stage.get("sweep", table), {})
+        grids = stage.get("grids")
+        for grid in grids if isinstance(grids, list) else ():
+            for key, vals in (grid.items() if isinstance(grid, dict) else ()):
+                seen = values.setdefault(str(key), [])
+                seen += [str(v) for v in (vals if isinstance(vals, list) else ()) if str(v) not in seen]
+    return {sweep: {k: tuple(v) for k, v in keys.items()} for sweep, keys in out.items()}
 
 
 def read_layouts(name_or_path: str | Path) -> tuple[RawLayout, ...]:
@@ -313,18 +332,17 @@ def load_sweep(name_or_path: str | Path) -> SweepPlan:
 
 def grid_values(sweeps_dir: str | Path | None = None) -> dict[str, dict[str, tuple[str, ...]]]:
     """{sweep name: {grid key: its values, in the order the grids list them}} over every sweep file in
-    `sweeps_dir` (default: the repository's sweeps/); a stage with its own `sweep` name is its own entry.
-    Read without checking overrides: for ordering rows and columns, not for running."""
-    out: dict[str, dict[str, list[str]]] = {}
+    `sweeps_dir` (default: the repository's sweeps/), files by name; a stage with its own `sweep` name is
+    its own entry. Read without checking overrides: for ordering rows and columns, not for running."""
+    out: dict[str, dict[str, tuple[str, ...]]] = {}
     for path in sorted(Path(sweeps_dir or SWEEPS_DIR).glob("*.yaml")):
         f = _read_sweep_file(path)
-        for stage in f.stages:
-            values = out.setdefault(stage.get("sweep", f.table), {})
-            for grid in stage.get("grids") or ():
-                for key, vals in (grid.items() if isinstance(grid, dict) else ()):
-                    seen = values.setdefault(str(key), [])
-                    seen += [str(v) for v in (vals if isinstance(vals, list) else ()) if str(v) not in seen]
-    return {sweep: {k: tuple(v) for k, v in keys.items()} for sweep, keys in out.items()}
+        for sweep, values in _stage_grid_values(f.table, f.stages).items():
+            merged = dict(out.get(sweep, {}))
+            for key, vals in values.items():
+                merged[key] = merged.get(key, ()) + tuple(v for v in vals if v not in merged.get(key, ()))
+            out[sweep] = merged
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
