@@ -48,13 +48,11 @@ class TableEntry:
         return len(self.failed_seeds)
 
 
-
 def metric_value(run: RunRecord, metric: str) -> float | None:
     value = run.metrics.get(metric)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return float(value)
-
 
 
 def first_line(text: str | None) -> str:

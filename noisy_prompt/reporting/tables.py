@@ -165,8 +165,6 @@ def load_paper_numbers(spec: TableSpec) -> dict[tuple[str, ...], dict[str, float
     return numbers
 
 
-
-
 # --------------------------------------------------------------------------------------------------
 # Layouts: the `layout:` keys of the sweep files
 
