@@ -12,17 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from noisy_prompt.reporting.aggregate import (
-    AMBIGUOUS,
-    FAILED,
-    MISSING,
-    NO_METRIC,
-    NOT_RUN,
-    OK,
-    aggregate,
-    load_runs,
-    main,
-)
+from noisy_prompt.reporting.aggregated import aggregate
+from noisy_prompt.reporting.cli import main
+from noisy_prompt.reporting.entries import AMBIGUOUS, FAILED, MISSING, NO_METRIC, NOT_RUN, OK
+from noisy_prompt.reporting.runs import load_runs
 from noisy_prompt.reporting.tables import TABLES, get_table, load_paper_numbers, read_paper_csv
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,11 +25,11 @@ EXTRA_ROWS = ("ft_ce",)
 
 def write_run(root: Path, reldir: str, *, model: str, data: str, noise: str, seed: int,
               metrics: dict | None = None, backbone: str = "vit_b32", train_data: str | None = None,
-              failed: bool = False) -> Path:
+              failed: bool = False, sweep: str = "test") -> Path:
     d = root / reldir
     d.mkdir(parents=True, exist_ok=True)
     cell = {"model": model, "data": data, "noise": noise, "backbone": backbone, "seed": seed,
-            "train_data": train_data or data, "sweep": "test"}
+            "train_data": train_data or data, "sweep": sweep}
     if failed:
         path = d / "failed.json"
         path.write_text(json.dumps({"status": "failed", "cell": cell, "error": "CUDA out of memory"}))
@@ -256,6 +249,31 @@ def test_synthetic_mini_discovers_models_and_noises_in_order(tmp_path):
     assert all(c.status == OK for c in table.cells.values())
 
 
+def test_a_discovered_table_orders_by_its_grid_then_the_runs_sweep_grids_then_by_name(tmp_path):
+    """synthetic_mini's grid lists zeroshot, coop, dpsep; runs of synthetic_readings_dpsep (whose grid lists
+    ptnl_ce before dpsep_gate) follow in that grid's order; a model no grid lists comes last, by name."""
+    for model, sweep in (("dpsep_gate", "synthetic_readings_dpsep"), ("ptnl_ce", "synthetic_readings_dpsep"),
+                         ("aaa", "adhoc"), ("dpsep", "synthetic_mini"), ("zeroshot", "synthetic_mini")):
+        for noise in ("sym80", "clean"):
+            write_run(tmp_path, f"{model}/{noise}", model=model, data="synthetic", noise=noise, seed=1,
+                      metrics={"test/acc": 10.0}, backbone="synthetic", sweep=sweep)
+    table = aggregate(tmp_path, "synthetic_mini")
+    assert table.row_labels == [("zeroshot",), ("dpsep",), ("ptnl_ce",), ("dpsep_gate",), ("aaa",)]
+    assert table.column_labels == ["clean", "sym80"]
+
+
+def test_tables_follow_the_sweep_file_names(capsys):
+    """`--list` and `--table all` print the tables in the order of their sweep files' names (no list kept in
+    the code); a file's stage table right after its own."""
+    assert main(["--list"]) == 0
+    names = [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()]
+    assert names[-1] == "label_issues"
+    files = sorted(p.stem for p in (REPO / "sweeps").glob("*.yaml"))
+    assert [n for n in names if n in files] == [f for f in files if f in names]
+    i = names.index("synthetic_readings_tango")
+    assert names[i + 1] == "synthetic_readings_tango_paper_recipe"
+
+
 # --------------------------------------------------------------------------------------------- formats
 
 
@@ -296,7 +314,7 @@ def test_markdown_header_matches_paper_layout(tmp_path):
 # ---------------------------------------------------------------------------------------------- specs
 
 
-# The readings tables (issue 13) put a subset of a paper table's rows and columns beside extra readings
+# The readings tables (a paper table's readings and ablations) put a subset of a paper table's rows and columns beside extra readings
 # and extra metrics (best/last/epoch-0), so they are checked by the next test instead of this one.
 READINGS_TABLES = {"dpsep_readings", "tango_readings"}
 
@@ -465,11 +483,11 @@ def test_plot_rows_keeps_the_listed_rows_in_order_and_names_the_valid_ones(tmp_p
 
 
 def test_plot_of_mixed_columns_is_categorical_and_an_empty_table_is_an_error(tmp_path, capsys):
-    from noisy_prompt.reporting.aggregate import _noise_rates
+    from noisy_prompt.reporting.render import noise_rates
 
-    assert _noise_rates(["clean", "sym12.5", "sym25"]) == [0.0, 12.5, 25.0]
-    assert _noise_rates(["sym40", "inst40"]) is None  # two families: no common rate axis
-    assert _noise_rates(["cifar100n", "animal10n"]) is None
+    assert noise_rates(["clean", "sym12.5", "sym25"]) == [0.0, 12.5, 25.0]
+    assert noise_rates(["sym40", "inst40"]) is None  # two families: no common rate axis
+    assert noise_rates(["cifar100n", "animal10n"]) is None
     (tmp_path / "empty").mkdir()
     assert main([str(tmp_path / "empty"), "--table", "tango_table1", "--plot", str(tmp_path / "x.png")]) == 2
     assert "no test/acc_best numbers" in capsys.readouterr().err

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from noisy_prompt.reporting.aggregate import label_issue_table, load_runs, main
+from noisy_prompt.reporting.cli import main
+from noisy_prompt.reporting.label_issues import label_issue_table
+from noisy_prompt.reporting.runs import load_runs
 from noisy_prompt.reporting.tables import get_table, load_paper_numbers
 
 # Rows this project runs beside a paper's that have no paper number: ft_ce, the CE floor.
@@ -17,11 +19,12 @@ EXTRA_ROWS = ("ft_ce",)
 
 
 def write_run(root: Path, model: str, noise: str, seed: int, history: list[dict] | None = None, *,
-              data: str = "synthetic_full", metrics: dict | None = None, failed: bool = False) -> Path:
+              data: str = "synthetic_full", metrics: dict | None = None, failed: bool = False,
+              sweep: str = "test") -> Path:
     d = root / model / data / noise / f"seed{seed}"
     d.mkdir(parents=True, exist_ok=True)
     cell = {"model": model, "data": data, "noise": noise, "backbone": "synthetic", "seed": seed,
-            "train_data": data, "sweep": "test", "settings": {}}
+            "train_data": data, "sweep": sweep, "settings": {}}
     if failed:
         (d / "failed.json").write_text(json.dumps({"status": "failed", "cell": cell, "error": "boom\nstack"}))
         return d
@@ -60,9 +63,9 @@ def root(tmp_path):
 
 def test_last_epoch_mean_over_seeds_per_method_and_cell(root):
     table = label_issue_table(load_runs(root))
-    # Rows from the records (no method list): tables.MODEL_ORDER first (tango), then the others by name.
+    # Rows from the records (no method list); their sweep ("test") has no sweep file, so by name.
     assert [(g.method, g.cell.noise) for g in table.groups] == [
-        ("tango", "sym40"), ("deft", "sym40"), ("ssr", "sym40"), ("tango", "sym60")]
+        ("deft", "sym40"), ("ssr", "sym40"), ("tango", "sym40"), ("tango", "sym60")]
     t = table.group("tango", noise="sym40")
     assert t.seeds == [1, 2] and t.epochs == [1, 1]
     mean, std, n = t.stat("precision")
@@ -78,6 +81,18 @@ def test_last_epoch_mean_over_seeds_per_method_and_cell(root):
     assert not any("ft_ce" in w for w in table.warnings)
 
 
+def test_rows_and_noise_blocks_follow_the_grids_of_the_runs_sweep(tmp_path):
+    """Runs of a sweep with a sweep file print in its grids' order (sweeps/synthetic_tango.yaml: noise sym40,
+    sym60, ...; models tango's ablations and tango, then ft_ce, dividemix, ssr, lsl, deft), not by name; a model
+    the grids do not list follows by name. No list of methods or noises is kept in the code."""
+    for model in ("deft", "ssr", "tango", "zz_new", "dividemix"):
+        for noise in ("sym60", "sym40"):
+            write_run(tmp_path, model, noise, 1, [rec(0, 0.9, 0.8)], sweep="synthetic_tango")
+    groups = [(g.cell.noise, g.method) for g in label_issue_table(load_runs(tmp_path)).groups]
+    order = ["tango", "dividemix", "ssr", "deft", "zz_new"]
+    assert groups == [("sym40", m) for m in order] + [("sym60", m) for m in order]
+
+
 def test_markdown_and_csv(root):
     table = label_issue_table(load_runs(root))
     md = table.to_markdown()
@@ -87,9 +102,9 @@ def test_markdown_and_csv(root):
             "| 70.00 ± 14.14 | 80.00 ± 14.14 |") in md
     assert "| synthetic_full | sym40 | synthetic | — | deft | 1 | 60.00 | 80.00 | 70.00 | 99.00 | — |" in md
     rows = list(csv.DictReader(io.StringIO(table.to_csv())))
-    assert [r["method"] for r in rows] == ["tango", "deft", "ssr", "tango"]
-    assert rows[0]["seeds"] == "1 2" and float(rows[0]["precision"]) == pytest.approx(0.85)
-    assert rows[1]["suggested_acc"] == "" and rows[1]["suggested_acc_n"] == "0"
+    assert [r["method"] for r in rows] == ["deft", "ssr", "tango", "tango"]
+    assert rows[2]["seeds"] == "1 2" and float(rows[2]["precision"]) == pytest.approx(0.85)
+    assert rows[0]["suggested_acc"] == "" and rows[0]["suggested_acc_n"] == "0"
 
 
 def test_cli_flag_and_table_name(root, capsys):
@@ -105,8 +120,8 @@ def test_cli_flag_and_table_name(root, capsys):
 
 
 def test_methods_option_lists_other_models_in_its_order(tmp_path, capsys):
-    """The default rows are every model whose records carry verdicts (TANGO's readings too, by name after the
-    models of tables.MODEL_ORDER); --methods picks models and their order."""
+    """The default rows are every model whose records carry verdicts (TANGO's readings too); --methods picks
+    models and their order."""
     write_run(tmp_path, "tango", "sym40", 1, [rec(0, 0.90, 0.80)])
     write_run(tmp_path, "tango_literal", "sym40", 1, [rec(0, 0.60, 0.95)])
     assert [g.method for g in label_issue_table(load_runs(tmp_path)).groups] == ["tango", "tango_literal"]
@@ -159,7 +174,7 @@ def test_rows_come_from_records_that_carry_a_report(tmp_path):
     write_run(tmp_path, "tango", "sym50", 1, [rec(0, 0.9, 0.8, true_clean=0.5)],
               metrics={**report, "label_issues/verdict_precision": 0.6, "label_issues/verdict_recall": 0.4})
     table = label_issue_table(load_runs(tmp_path))
-    assert [g.method for g in table.groups] == ["coop", "tango"]  # MODEL_ORDER
+    assert [g.method for g in table.groups] == ["coop", "tango"]  # by name: their sweep has no file
     coop = table.group("coop", noise="sym50")
     assert coop.seeds == [1, 2] and coop.stat("rank_precision")[0] == pytest.approx(0.8)
     assert coop.stat("true_clean")[0] == pytest.approx(0.5) and coop.stat("precision") == (None, None, 0)

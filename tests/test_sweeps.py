@@ -17,7 +17,8 @@ from hydra.utils import get_class
 from omegaconf import OmegaConf, open_dict
 
 import noisy_prompt.config  # noqa: F401  (resolvers)
-from noisy_prompt import sweep as sw
+from noisy_prompt.sweeps import launch
+from noisy_prompt.sweeps import plan as sweep_plan
 from noisy_prompt.cell import CellId, CellKey, settings_tag
 from noisy_prompt.config import ctor_kwargs
 from noisy_prompt.methods.crossdata import (
@@ -41,16 +42,7 @@ CONF = REPO / "conf"
 SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml"))
 PAPER_TABLES = ("dpsep_table1", "dpsep_table2", "dpsep_table3", "dpsep_table4",
                 "tango_table1", "tango_table2", "tango_table3", "tango_table4")
-# Cells whose run dirs are under the table's own sweep dir (dpsep_table3's training stage runs in
-# dpsep_table1's), and the backbone each paper table uses.
-EXPECTED_CELLS = {"dpsep_table1": 378, "dpsep_table2": 12, "dpsep_table3": 216, "dpsep_table4": 75,
-                  "tango_table1": 72, "tango_table2": 60, "tango_table3": 72, "tango_table4": 9,
-                  "synthetic_mini": 6, "synthetic_dpsep": 84, "synthetic_tango": 120,
-                  "dpsep_sensitivity": 84, "tango_sensitivity": 39,
-                  # readings sweeps (their table layouts are checked in tests/test_readings.py)
-                  "synthetic_readings_dpsep": 108, "synthetic_readings_tango": 90, "dpsep_readings": 162,
-                  "tango_readings": 54,
-                  "calibration": 32}  # checked by python -m noisy_prompt.tools.calibrate, not laid out as a table
+# The backbone each sweep file's own cells use (dpsep_table3's training stage runs in dpsep_table1's dir).
 READINGS_TABLES = {"synthetic_readings_dpsep", "synthetic_readings_tango", "synthetic_readings_tango_paper_recipe",
                    "dpsep_readings", "tango_readings"}
 # Rows this project runs beside a paper's (ft_ce, the CE floor) that have no paper number.
@@ -88,12 +80,12 @@ def _compose(overrides: list[str] | tuple[str, ...]):
     return _compositions[key]
 
 
-def _split(cell: sw.Job) -> tuple[list[str], dict[str, str]]:
+def _split(cell: sweep_plan.Job) -> tuple[list[str], dict[str, str]]:
     """(overrides composed as such, {group: choice} put in afterwards; also sweep and seed)."""
     base, plain = [], {}
-    touched = {sw.override_key(o).split(".")[0] for o in cell.overrides() if "." in sw.override_key(o)}
+    touched = {sweep_plan.override_key(o).split(".")[0] for o in cell.overrides() if "." in sweep_plan.override_key(o)}
     for o in cell.overrides():
-        key = sw.override_key(o)
+        key = sweep_plan.override_key(o)
         if key in ("sweep", "seed") or (key in SUBSTITUTED and key not in touched):
             plain[key] = o.split("=", 1)[1]
         else:
@@ -101,7 +93,7 @@ def _split(cell: sw.Job) -> tuple[list[str], dict[str, str]]:
     return base, plain
 
 
-def cell_config(cell: sw.Job):
+def cell_config(cell: sweep_plan.Job):
     """The composed config of a cell (a shared object: read it before the next call)."""
     base, plain = _split(cell)
     cfg = _compose(base)
@@ -121,13 +113,13 @@ def _resolve_all(cfg) -> dict:
             for k in ("model", "data", "noise", "backbone", "trainer", "callbacks", "logger", "paths")}
 
 
-def cell_record(cell: sw.Job) -> dict:
+def cell_record(cell: sweep_plan.Job) -> dict:
     """What results.json's `cell` will say for this cell, and its run dir; every group resolved once per
     distinct (model, data, noise, backbone, overrides)."""
     memo = (cell, os.environ.get("NOISY_PROMPT_LOGS"))
     if memo not in _records:
         cfg = cell_config(cell)
-        key = tuple(o for o in cell.overrides() if sw.override_key(o) not in ("seed", "sweep"))
+        key = tuple(o for o in cell.overrides() if sweep_plan.override_key(o) not in ("seed", "sweep"))
         if key not in _resolved:
             _resolve_all(cfg)  # raises on a broken interpolation or a missing key
             _resolved.add(key)
@@ -157,20 +149,21 @@ def table_logs(tmp_path_factory):
 
 def test_every_sweep_file_is_listed_and_every_table_has_a_sweep():
     names = {p.stem for p in SWEEP_FILES}
-    assert names == set(EXPECTED_CELLS)
+    assert names == set(EXPECTED_BACKBONES)
     assert set(PAPER_TABLES) | {"synthetic_mini", "synthetic_dpsep", "synthetic_tango"} | READINGS_TABLES == set(TABLES)
 
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.stem)
 def test_sweep_file_loads_and_names_its_table(path):
-    plan = sw.load_sweep(path)
+    plan = sweep_plan.load_sweep(path)
     assert plan.table == path.stem
     assert plan.table in TABLES or plan.table in SENSITIVITY | CHECKED, f"{path}: table {plan.table!r} is not an aggregate TableSpec"
     cells = plan.cells()
     assert len(set(cells)) == len(cells), "a cell is listed twice"
     assert path.read_text().startswith("#"), "document the table, recipe and paper numbers at the top"
+    assert plan.declared_cells is not None, f"{path}: state how many cells the grids expand to (`cells: N`)"
+    assert len(cells) == plan.declared_cells  # the loader checks it too (see the test below)
     own = [c for c in cells if c.sweep == plan.table]
-    assert len(own) == EXPECTED_CELLS[plan.table]
     # the file lays out its own table (a sensitivity sweep prints with --by instead) and its stage's
     expected = [] if plan.table in SENSITIVITY | CHECKED else [plan.table]
     if plan.table == "synthetic_readings_tango":
@@ -182,7 +175,7 @@ def test_sweep_file_loads_and_names_its_table(path):
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.stem)
 def test_every_cell_composes_into_its_own_run_dir(path, table_logs):
-    plan = sw.load_sweep(path)
+    plan = sweep_plan.load_sweep(path)
     records = [cell_record(c) for c in plan.cells()]
     for cell, rec in zip(plan.cells(), records):
         values = dict(cell.assignment)
@@ -200,7 +193,7 @@ def test_every_cell_composes_into_its_own_run_dir(path, table_logs):
 def test_node_substitution_equals_full_composition(index, table_logs):
     # The fast path above must give what Hydra gives for the whole override list.
     for table in ("dpsep_table1", "dpsep_table3", "tango_table4", "synthetic_tango"):
-        cell = sw.load_sweep(table).cells()[index]
+        cell = sweep_plan.load_sweep(table).cells()[index]
         fast = _resolve_all(cell_config(cell))
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             # with the hydra node, as Hydra resolves a job: run dirs carry the settings tag of the overrides
@@ -222,7 +215,7 @@ def test_sweep_cells_are_exactly_the_tables_cells(table, table_logs):
                 assert col.label in paper[row.labels], (row.labels, col.label)
             filters[(row.labels, col.label)] = spec.cell_filter(row, col)
     assert not paper or {labels for labels, _ in filters} - EXTRA_ROWS <= set(paper)
-    records = [cell_record(c) for c in sw.load_sweep(table).cells() if c.sweep == table]
+    records = [cell_record(c) for c in sweep_plan.load_sweep(table).cells() if c.sweep == table]
     keys = [CellKey(r["model"], r["data"], r["noise"], r["backbone"], r["train_data"], tuple(r["settings"].items()))
             for r in records]
     for rec, key in zip(records, keys):
@@ -237,7 +230,7 @@ def test_sweep_cells_are_exactly_the_tables_cells(table, table_logs):
 def test_every_layout_cell_is_run_by_its_files_grids(path, table_logs):
     # One file per table: the layout prints only cells the same file's grids run (a row the paper
     # prints and this project does not run, match: null, aside; a discovered table has no fixed cells).
-    plan = sw.load_sweep(path)
+    plan = sweep_plan.load_sweep(path)
     for spec in tables_from_file(path):
         records = [cell_record(c) for c in plan.cells() if c.sweep == spec.name]
         assert records, f"{path}: layout of {spec.name} but no grid runs under sweep {spec.name}"
@@ -350,21 +343,21 @@ def test_a_stage_layout_names_its_stage_and_a_table_has_one_layout(tmp_path):
     with pytest.raises(LayoutError, match="a layout for table 'u', which .*t.yaml already lays out"):
         load_tables(tmp_path)
     path.write_text(staged.replace("  - sweep: u\n", "  - overrides: []\n"))  # the stage runs under table t
-    with pytest.raises(sw.SweepFileError, match="put the layout of 't' at the top level"):
-        sw.load_sweep(path)
+    with pytest.raises(sweep_plan.SweepFileError, match="put the layout of 't' at the top level"):
+        sweep_plan.load_sweep(path)
 
 
 def test_dpsep_table1_has_7_datasets_2_methods_9_noises_3_seeds(table_logs):
-    recs = [cell_record(c) for c in sw.load_sweep("dpsep_table1").cells()]
+    recs = [cell_record(c) for c in sweep_plan.load_sweep("dpsep_table1").cells()]
     assert len(recs) == 7 * 2 * 9 * 3 == 378
     assert len({r["data"] for r in recs}) == 7 and {r["model"] for r in recs} == {"ptnl", "dpsep"}
     assert len({r["noise"] for r in recs}) == 9
 
 
 def test_dpsep_table3_trains_table1_imagenet_cells_then_evaluates_across_datasets(table_logs):
-    plan = sw.load_sweep("dpsep_table3")
+    plan = sweep_plan.load_sweep("dpsep_table3")
     train = [cell_record(c) for c in plan.cells() if c.sweep == "dpsep_table1"]
-    table1 = [cell_record(c) for c in sw.load_sweep("dpsep_table1").cells()]
+    table1 = [cell_record(c) for c in sweep_plan.load_sweep("dpsep_table1").cells()]
     assert sorted(map(str, train)) == sorted(str(r) for r in table1 if r["data"] == "imagenet")
     evals = [c for c in plan.cells() if c.sweep == "dpsep_table3"]
     assert [c.sweep for c in plan.cells()] == ["dpsep_table1"] * 54 + ["dpsep_table3"] * 216  # training first
@@ -384,48 +377,48 @@ def test_dpsep_table3_trains_table1_imagenet_cells_then_evaluates_across_dataset
 
 
 def test_cells_filter_keeps_one_row_or_some_columns():
-    plan = sw.load_sweep("dpsep_table1")
-    one_row = sw.filter_plan(plan, sw.parse_cell_filters(["data=ucf101"]))
+    plan = sweep_plan.load_sweep("dpsep_table1")
+    one_row = sweep_plan.filter_plan(plan, sweep_plan.parse_cell_filters(["data=ucf101"]))
     assert len(one_row.cells()) == 2 * 9 * 3
     assert {dict(c.assignment)["data"] for c in one_row.cells()} == {"ucf101"}
-    cols = sw.filter_plan(plan, sw.parse_cell_filters(["noise=sym50,sym80", "seed=1"]))
+    cols = sweep_plan.filter_plan(plan, sweep_plan.parse_cell_filters(["noise=sym50,sym80", "seed=1"]))
     assert {dict(c.assignment)["noise"] for c in cols.cells()} == {"sym50", "sym80"}
     assert len(cols.cells()) == 2 * 7 * 2
-    assert "noise=sym50,sym80" in sw.hydra_command(cols.grids[0]) and "seed=1" in sw.hydra_command(cols.grids[0])
+    assert "noise=sym50,sym80" in launch.hydra_command(cols.grids[0]) and "seed=1" in launch.hydra_command(cols.grids[0])
 
 
 def test_cells_filter_across_stages():
-    plan = sw.load_sweep("dpsep_table3")
-    evals_only = sw.filter_plan(plan, {"data": ["ucf101"]})
+    plan = sweep_plan.load_sweep("dpsep_table3")
+    evals_only = sweep_plan.filter_plan(plan, {"data": ["ucf101"]})
     assert {c.sweep for c in evals_only.cells()} == {"dpsep_table3"} and len(evals_only.cells()) == 2 * 9 * 3
-    dpsep = sw.filter_plan(plan, {"model": ["dpsep"], "model.name": ["dpsep"]})
+    dpsep = sweep_plan.filter_plan(plan, {"model": ["dpsep"], "model.name": ["dpsep"]})
     assert [len(g.cells()) for g in dpsep.grids] == [9 * 3, 4 * 9 * 3]
 
 
 def test_stage_filter_keeps_one_stage_by_number_or_name():
-    plan = sw.load_sweep("synthetic_readings_tango")
+    plan = sweep_plan.load_sweep("synthetic_readings_tango")
     assert [g.stage for g in plan.grids] == [1, 2]
-    second = sw.filter_stage(plan, "2")
-    by_name = sw.filter_stage(plan, "synthetic_readings_tango_paper_recipe")
+    second = sweep_plan.filter_stage(plan, "2")
+    by_name = sweep_plan.filter_stage(plan, "synthetic_readings_tango_paper_recipe")
     assert second == by_name and {c.sweep for c in second.cells()} == {"synthetic_readings_tango_paper_recipe"}
     assert len(second.cells()) == 9 * 3 * 3
-    first = sw.filter_plan(sw.filter_stage(plan, "1"), {"model": ["ft_ce"]})  # ft_ce is only in stage 1
+    first = sweep_plan.filter_plan(sweep_plan.filter_stage(plan, "1"), {"model": ["ft_ce"]})  # ft_ce is only in stage 1
     assert len(first.cells()) == 3 * 3 and {c.sweep for c in first.cells()} == {"synthetic_readings_tango"}
-    assert sw.filter_stage(plan, None) is plan
-    with pytest.raises(sw.CellFilterError, match=r"no stage '3'.*1 \(synthetic_readings_tango\), "
+    assert sweep_plan.filter_stage(plan, None) is plan
+    with pytest.raises(sweep_plan.CellFilterError, match=r"no stage '3'.*1 \(synthetic_readings_tango\), "
                                                  r"2 \(synthetic_readings_tango_paper_recipe\)"):
-        sw.filter_stage(plan, "3")
-    with pytest.raises(sw.CellFilterError, match="valid values"):  # ft_ce is not a model of stage 2
-        sw.filter_plan(sw.filter_stage(plan, "2"), {"model": ["ft_ce"]})
+        sweep_plan.filter_stage(plan, "3")
+    with pytest.raises(sweep_plan.CellFilterError, match="valid values"):  # ft_ce is not a model of stage 2
+        sweep_plan.filter_plan(sweep_plan.filter_stage(plan, "2"), {"model": ["ft_ce"]})
 
 
 def test_cli_stage_option_runs_only_that_stage(capsys, monkeypatch):
-    monkeypatch.setattr(sw.subprocess, "run", lambda *a, **k: pytest.fail("--dry-run must not run anything"))
-    assert sw.main(["synthetic_readings_tango", "--stage", "2", "--cells", "model=tango", "--dry-run"]) == 0
+    monkeypatch.setattr(launch.subprocess, "run", lambda *a, **k: pytest.fail("--dry-run must not run anything"))
+    assert launch.main(["synthetic_readings_tango", "--stage", "2", "--cells", "model=tango", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "9 cells in 1 multirun(s)" in out and "sweep=synthetic_readings_tango_paper_recipe" in out
     assert "sweep=synthetic_readings_tango backbone" not in out
-    assert sw.main(["synthetic_readings_tango", "--stage", "paper"]) == 2
+    assert launch.main(["synthetic_readings_tango", "--stage", "paper"]) == 2
     assert "its stages: 1 (synthetic_readings_tango)" in capsys.readouterr().err
 
 
@@ -436,24 +429,24 @@ def test_cli_stage_option_runs_only_that_stage(capsys, monkeypatch):
     (["data"], "key=value"),
 ])
 def test_cells_filter_rejects_bad_keys_and_values(filters, message):
-    with pytest.raises(sw.CellFilterError, match=message):
-        sw.filter_plan(sw.load_sweep("dpsep_table1"), sw.parse_cell_filters(filters))
+    with pytest.raises(sweep_plan.CellFilterError, match=message):
+        sweep_plan.filter_plan(sweep_plan.load_sweep("dpsep_table1"), sweep_plan.parse_cell_filters(filters))
 
 
 def test_cli_rejects_a_bad_filter_and_a_swept_extra_override(capsys, monkeypatch):
-    monkeypatch.setattr(sw.subprocess, "run", lambda *a, **k: pytest.fail("nothing may run"))
-    assert sw.main(["dpsep_table1", "--cells", "data=nope"]) == 2
+    monkeypatch.setattr(launch.subprocess, "run", lambda *a, **k: pytest.fail("nothing may run"))
+    assert launch.main(["dpsep_table1", "--cells", "data=nope"]) == 2
     assert "valid values" in capsys.readouterr().err
-    assert sw.main(["synthetic_mini", "--", "model.lam=0.1,0.2"]) == 2
+    assert launch.main(["synthetic_mini", "--", "model.lam=0.1,0.2"]) == 2
     assert "sweeps several values" in capsys.readouterr().err
-    assert sw.main(["no_such_table"]) == 2
+    assert launch.main(["no_such_table"]) == 2
     err = capsys.readouterr().err
     assert "known sweeps: " in err and "dpsep_table1" in err
 
 
 def test_dry_run_prints_the_commands_and_cells_and_runs_nothing(capsys, monkeypatch):
-    monkeypatch.setattr(sw.subprocess, "run", lambda *a, **k: pytest.fail("--dry-run must not run anything"))
-    assert sw.main(["dpsep_table3", "--dry-run", "--cells", "noise=sym50", "seed=1", "--force", "--", "trainer.max_epochs=2"]) == 0
+    monkeypatch.setattr(launch.subprocess, "run", lambda *a, **k: pytest.fail("--dry-run must not run anything"))
+    assert launch.main(["dpsep_table3", "--dry-run", "--cells", "noise=sym50", "seed=1", "--force", "--", "trainer.max_epochs=2"]) == 0
     out = capsys.readouterr().out
     assert "10 cells in 2 multirun(s)" in out
     assert ("-m noisy_prompt.run -m sweep=dpsep_table1 backbone=vit_b32 model=ptnl,dpsep data=imagenet noise=sym50 "
@@ -475,11 +468,11 @@ def test_module_entry_point_dry_run_from_another_directory(tmp_path):
 
 
 def test_the_printed_command_is_the_one_hydra_runs():
-    grid = sw.load_sweep("synthetic_mini").grids[0]
-    cmd = sw.hydra_command(grid, ["trainer.max_epochs=1"], launcher="slurm", force=True, python="python")
+    grid = sweep_plan.load_sweep("synthetic_mini").grids[0]
+    cmd = launch.hydra_command(grid, ["trainer.max_epochs=1"], launcher="slurm", force=True, python="python")
     assert cmd[:4] == ["python", "-m", "noisy_prompt.run", "-m"]
     assert cmd[-3:] == ["force=true", "hydra/launcher=slurm", "trainer.max_epochs=1"]
-    assert sw.format_value("a b") == "'a b'" and sw.format_value("sym12.5") == "sym12.5" and sw.format_value(3) == "3"
+    assert sweep_plan.format_value("a b") == "'a b'" and sweep_plan.format_value("sym12.5") == "sym12.5" and sweep_plan.format_value(3) == "3"
 
 
 @pytest.mark.parametrize("text, message", [
@@ -496,9 +489,68 @@ def test_the_printed_command_is_the_one_hydra_runs():
 def test_malformed_sweep_files_are_rejected_with_the_file_named(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
-    with pytest.raises(sw.SweepFileError, match=message) as err:
-        sw.load_sweep(path)
+    with pytest.raises(sweep_plan.SweepFileError, match=message) as err:
+        sweep_plan.load_sweep(path)
     assert str(path) in str(err.value)
+
+
+def test_a_cells_line_that_differs_from_the_grids_is_an_error_naming_the_file_and_both_counts(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text("table: t\ncells: 7\ngrids: [{model: [coop, dpsep], noise: [clean, sym50, sym80]}]\n")
+    with pytest.raises(sweep_plan.SweepFileError) as err:
+        sweep_plan.load_sweep(path)
+    assert str(err.value).startswith(f"{path}: 'cells: 7' but its grids expand to 6 cells")
+    path.write_text("table: t\ncells: 6\ngrids: [{model: [coop, dpsep], noise: [clean, sym50, sym80]}]\n")
+    assert sweep_plan.load_sweep(path).declared_cells == 6
+    # stages count together: 2 + 3
+    path.write_text("table: t\ncells: 5\nstages:\n  - grids: [{model: [coop, dpsep]}]\n"
+                    "  - sweep: u\n    grids: [{model: [coop, dpsep, ptnl]}]\n")
+    assert len(sweep_plan.load_sweep(path).cells()) == 5
+    for bad in ("six", "true", "0", "[6]"):
+        path.write_text(f"table: t\ncells: {bad}\ngrids: [{{model: [coop]}}]\n")
+        with pytest.raises(sweep_plan.SweepFileError, match=f"{path}: 'cells' must be the number of cells"):
+            sweep_plan.load_sweep(path)
+
+
+def test_the_format_reader_never_loads_the_launcher():
+    """The reporting code reads the sweep files' layouts and grids through the pure format module only:
+    neither the runner (Hydra compose, subprocess) nor the old `noisy_prompt.sweep` module gets imported."""
+    code = ("import sys; from noisy_prompt.reporting import tables; names = list(tables.TABLES); "
+            "tables.grid_order('model', ['synthetic_mini']); "
+            "print(sorted(m for m in sys.modules if m in ('noisy_prompt.sweep', 'noisy_prompt.sweeps.launch')))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
+def test_the_sweep_module_and_the_package_share_one_implementation():
+    from noisy_prompt import sweep
+
+    assert sweep.load_sweep is sweep_plan.load_sweep and sweep.main is launch.main
+    assert sweep.CONF_DIR == REPO / "conf" and sweep.CONF_DIR.is_dir()
+    # the YAML folder is the repository's sweeps/, not the package noisy_prompt/sweeps/
+    assert sweep_plan.SWEEPS_DIR == REPO / "sweeps" and (sweep_plan.SWEEPS_DIR / "dpsep_table1.yaml").is_file()
+
+
+def test_one_override_validator_for_the_file_and_the_command_line(tmp_path):
+    with pytest.raises(sweep_plan.SweepFileError, match="overrides: 'seed=1,2' sweeps several values; put swept keys"):
+        sweep_plan.validate_overrides(["seed=1,2"], where=f"{tmp_path}: overrides", swept="put swept keys in a grid",
+                                      sweep_key="-")
+    with pytest.raises(sweep_plan.CellFilterError, match="extra Hydra overrides: do not set 'sweep'"):
+        launch.check_extra_overrides(["sweep=x"])
+    with pytest.raises(sweep_plan.CellFilterError, match="extra Hydra overrides: invalid override"):
+        launch.check_extra_overrides(["a=["])
+    launch.check_extra_overrides(["trainer.max_epochs=1", "+x=2"])  # single values pass
+
+
+def test_grid_values_follow_the_grids_and_name_stages_apart():
+    values = sweep_plan.grid_values()
+    assert values["synthetic_mini"]["model"] == ("zeroshot", "coop", "dpsep")
+    assert values["synthetic_mini"]["noise"] == ("clean", "sym50")
+    # a stage with its own sweep name is its own entry; dpsep_table3's training stage joins dpsep_table1
+    assert "synthetic_readings_tango_paper_recipe" in values
+    assert "imagenet" in values["dpsep_table1"]["data"]
 
 
 MINI = """\
@@ -528,14 +580,14 @@ def test_summary_counts_done_skipped_failed_and_missing(tmp_path, logs, capsys, 
 
     def fake_multirun(cmd, env=None, **kw):
         launched.append(cmd)
-        assert env["PYTHONPATH"].split(os.pathsep)[0] == str(sw.REPO_ROOT)
+        assert env["PYTHONPATH"].split(os.pathsep)[0] == str(sweep_plan.REPO_ROOT)
         _write(cell_dir("zeroshot", "sym50") / "results.json", {"status": "ok"})
         _write(cell_dir("coop", "clean") / "results.json", {"status": "ok"})
         _write(cell_dir("coop", "sym50") / "failed.json", {"error": "RuntimeError: boom\nTraceback..."})
         return subprocess.CompletedProcess(cmd, 0)
 
-    monkeypatch.setattr(sw.subprocess, "run", fake_multirun)
-    assert sw.main([str(sweep_file), "--force"]) == 1
+    monkeypatch.setattr(launch.subprocess, "run", fake_multirun)
+    assert launch.main([str(sweep_file), "--force"]) == 1
     out = capsys.readouterr().out
     assert len(launched) == 1 and "force=true" in launched[0]
     assert "6 cells: 2 done, 1 skipped (already had results.json), 1 failed, 2 missing" in out
@@ -547,26 +599,26 @@ def test_summary_counts_done_skipped_failed_and_missing(tmp_path, logs, capsys, 
 def test_summary_is_clean_when_every_cell_finishes(tmp_path, logs, capsys, monkeypatch):
     sweep_file = tmp_path / "mini.yaml"
     sweep_file.write_text(MINI)
-    plan = sw.load_sweep(sweep_file)
-    dirs = sw.compose_run_dirs(plan.cells())
+    plan = sweep_plan.load_sweep(sweep_file)
+    dirs = launch.compose_run_dirs(plan.cells())
 
     def fake_multirun(cmd, env=None, **kw):
         for d in dirs.values():
             _write(d.run_dir / "results.json", {"status": "ok"})
         return subprocess.CompletedProcess(cmd, 0)
 
-    monkeypatch.setattr(sw.subprocess, "run", fake_multirun)
-    assert sw.main([str(sweep_file)]) == 0
+    monkeypatch.setattr(launch.subprocess, "run", fake_multirun)
+    assert launch.main([str(sweep_file)]) == 0
     assert "6 cells: 6 done, 0 skipped (already had results.json), 0 failed, 0 missing" in capsys.readouterr().out
-    monkeypatch.setattr(sw.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1))
-    assert sw.main([str(sweep_file)]) == 1  # all skipped, but the multirun itself failed
+    monkeypatch.setattr(launch.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1))
+    assert launch.main([str(sweep_file)]) == 1  # all skipped, but the multirun itself failed
     assert "launch error: multirun 1 exited with code 1" in capsys.readouterr().out
 
 
 def test_run_dirs_follow_user_overrides_of_the_log_dir(tmp_path, logs):
-    cell = sw.load_sweep("synthetic_mini").cells()[0]
+    cell = sweep_plan.load_sweep("synthetic_mini").cells()[0]
     other = tmp_path / "elsewhere"
-    (d,) = sw.compose_run_dirs([cell], [f"paths.log_dir={other}"]).values()
+    (d,) = launch.compose_run_dirs([cell], [f"paths.log_dir={other}"]).values()
     # paths.log_dir moves the dir but is not a setting; the sweep's recipe override is (settings tag)
     tag = settings_tag({"data.recipe.prompt.max_epochs": "5"})
     assert d.run_dir == other / "synthetic_mini" / "zeroshot" / "synthetic" / "clean" / "synthetic" / f"seed1{tag}"
@@ -586,7 +638,7 @@ SUBMITIT_SLURM_KEYS = {
 
 
 def _plugin_installed() -> bool:
-    return sw.slurm_plugin_available()
+    return launch.slurm_plugin_available()
 
 
 @pytest.fixture
@@ -641,8 +693,8 @@ def test_slurm_launcher_composes_with_the_plugin(logs):
 def test_cli_says_which_extra_slurm_needs(capsys, monkeypatch):
     if _plugin_installed():
         pytest.skip("hydra-submitit-launcher is installed: the missing-plugin message cannot show")
-    monkeypatch.setattr(sw.subprocess, "run", lambda *a, **k: pytest.fail("nothing may run"))
-    assert sw.main(["synthetic_mini", "--launcher", "slurm"]) == 2
+    monkeypatch.setattr(launch.subprocess, "run", lambda *a, **k: pytest.fail("nothing may run"))
+    assert launch.main(["synthetic_mini", "--launcher", "slurm"]) == 2
     assert "pip install -e .[slurm]" in capsys.readouterr().err
 
 
@@ -807,10 +859,10 @@ def test_synthetic_mini_sweep_end_to_end(tmp_path):
                                                   ("dpsep_sensitivity", ["data=synthetic"], "synthetic"),
                                                   ("tango_sensitivity", ["data=synthetic_full"], "synthetic")])
 def test_sensitivity_sweeps_give_one_dir_per_setting_and_run_on_the_synthetic_world(table, extra, backbone, logs):
-    plan = sw.load_sweep(table)
+    plan = sweep_plan.load_sweep(table)
     cells = plan.cells()
-    dirs = sw.compose_run_dirs(cells, extra)
-    assert len({d.run_dir for d in dirs.values()}) == len(cells) == EXPECTED_CELLS[table]
+    dirs = launch.compose_run_dirs(cells, extra)
+    assert len({d.run_dir for d in dirs.values()}) == len(cells) == plan.declared_cells
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for cell in cells[::13]:
             cfg = compose(config_name="run", overrides=cell.overrides() + extra, return_hydra_config=True)

@@ -25,7 +25,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from noisy_prompt.reporting.aggregate import main as aggregate_main
+from noisy_prompt.reporting.cli import main as aggregate_main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BLOCK = re.compile(r"(<!-- aggregate: (?P<args>.*?) -->\n)(?P<body>.*?)(<!-- /aggregate -->)", re.S)

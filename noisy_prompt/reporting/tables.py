@@ -5,7 +5,9 @@ One file per table: `sweeps/<table>.yaml` holds the grid that runs the table's c
 table, so one file can hold two (sweeps/synthetic_readings_tango.yaml). Layouts take their value
 lists from the grid by YAML alias (`model: &models [...]` in the grid, `rows: {model: *models}` in
 the layout), so a new method is one more name in the grid and its row follows. `TABLES` reads every
-sweep file's layouts the first time it is used (`load_tables`).
+sweep file's layouts the first time it is used (`load_tables`), in the order of the files' names (a
+file's own table before its stages'). Only the pure sweep file reader (noisy_prompt/sweeps/plan.py) is
+used here, never the runner.
 
 Layout schema (`title`, `keys` and `rows`+`columns` or `discover` are required):
 
@@ -49,31 +51,11 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 # Keys a filter may constrain: the cell keys of the cell contract (`results.json["cell"]`).
 from noisy_prompt.cell import CELL_KEYS  # noqa: E402  (re-exported for table specs)
-
-# Orders used when a table discovers its rows/columns from the results (synthetic_mini).
-MODEL_ORDER: tuple[str, ...] = (
-    "zeroshot", "coop", "ptnl", "dp", "sep", "sep_no_perturbation", "dpsep",
-    "tango_linear_visual", "tango_visual_only", "tango_semantic_only", "tango_trainable_anchors",
-    "tango_simple_prompts", "tango",
-)
-NOISE_ORDER: tuple[str, ...] = (
-    "clean", "sym12.5", "sym25", "sym40", "sym50", "sym60", "sym65", "sym80",
-    "inst20", "inst40", "inst60", "inst80", "asym30", "asym30_superclass",
-    "pair_fp2", "pair_fp4", "pair_fp8", "ptnl_fp2", "ptnl_fp4", "ptnl_fp8", "real",
-)
-# Order of `TABLES` (aggregate --list, --table all): the papers' tables, the synthetic evidence, the
-# readings. A table not named here follows, by name.
-TABLE_ORDER: tuple[str, ...] = (
-    "dpsep_table1", "dpsep_table2", "dpsep_table3", "dpsep_table4",
-    "tango_table1", "tango_table2", "tango_table3", "tango_table4",
-    "synthetic_mini", "synthetic_dpsep", "synthetic_tango",
-    "synthetic_readings_dpsep", "dpsep_readings", "synthetic_readings_tango",
-    "synthetic_readings_tango_paper_recipe", "tango_readings",
-)
+from noisy_prompt.sweeps import plan
 
 ACC = "test/acc"  # DP-SEP reports the last epoch
 ACC_BEST = "test/acc_best"  # TANGO reports the best epoch
@@ -103,11 +85,14 @@ class ColumnSpec:
 @dataclass(frozen=True)
 class DiscoverSpec:
     """Rows and columns taken from the results themselves: every value of `row_key` x `col_key`
-    among the runs that satisfy `match`, ordered by MODEL_ORDER/NOISE_ORDER, then alphabetically."""
+    among the runs that satisfy `match`, in the order the table's sweep grid lists them (`row_order`,
+    `col_order`), then the values the grid does not list, by name (`value_order`)."""
 
     row_key: str
     col_key: str
     match: Mapping[str, str] = field(default_factory=dict)
+    row_order: tuple[str, ...] = ()
+    col_order: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -178,8 +163,6 @@ def load_paper_numbers(spec: TableSpec) -> dict[tuple[str, ...], dict[str, float
         except ValueError as err:
             raise ValueError(f"paper table {spec.paper_csv}: row {labels}: {err}") from None
     return numbers
-
-
 
 
 # --------------------------------------------------------------------------------------------------
@@ -358,8 +341,9 @@ def _paper_csv(value: Any, where: str, keys: tuple[str, ...]) -> str:
     return name
 
 
-def parse_layout(name: str, raw: Any, where: str) -> TableSpec:
-    """The TableSpec of one `layout:` mapping (`where`: "<file>: layout", for error messages)."""
+def parse_layout(name: str, raw: Any, where: str, grid: Mapping[str, tuple[str, ...]] | None = None) -> TableSpec:
+    """The TableSpec of one `layout:` mapping (`where`: "<file>: layout", for error messages). `grid`: the
+    values of each grid key of the sweep that runs the table (the order of a discovered table)."""
     if not isinstance(raw, Mapping):
         raise _fail(where, f"expected a mapping with keys {', '.join(_LAYOUT_KEYS)}, got {raw!r}")
     unknown = [k for k in raw if k not in _LAYOUT_KEYS]
@@ -389,7 +373,9 @@ def parse_layout(name: str, raw: Any, where: str) -> TableSpec:
                 raise _fail(f"{at}: {k}", f"unknown cell key {d[k]!r}; expected one of {', '.join(CELL_KEYS)}")
         if len(keys) != 1:
             raise _fail(f"{where}: keys", f"a discovered table has one row label column, got {list(keys)}")
-        discover = DiscoverSpec(d["rows"], d["columns"], _match(d.get("match", {}), f"{at}: match"))
+        grid = grid or {}
+        discover = DiscoverSpec(d["rows"], d["columns"], _match(d.get("match", {}), f"{at}: match"),
+                                row_order=tuple(grid.get(d["rows"], ())), col_order=tuple(grid.get(d["columns"], ())))
         return TableSpec(name=name, title=title, paper_csv=paper_csv(), row_key_names=keys, rows=(), columns=(),
                          metric=metric, discover=discover)
     for k in ("rows", "columns"):
@@ -416,28 +402,57 @@ def parse_layout(name: str, raw: Any, where: str) -> TableSpec:
 
 def tables_from_file(path: str | Path) -> list[TableSpec]:
     """The tables whose layout a sweep file holds (its own, and any stage's with its own sweep name)."""
-    from noisy_prompt.sweep import SweepFileError, read_layouts  # noqa: PLC0415  (the sweep runner's reader)
-
     try:
-        layouts = read_layouts(path)
-    except SweepFileError as err:
+        layouts = plan.read_layouts(path)
+    except plan.SweepFileError as err:
         raise LayoutError(str(err)) from None
-    return [parse_layout(lay.table, lay.raw, lay.where) for lay in layouts]
+    return [parse_layout(lay.table, lay.raw, lay.where, lay.grid) for lay in layouts]
 
 
 def load_tables(sweeps_dir: str | Path | None = None) -> dict[str, TableSpec]:
-    """Every table with a `layout:` in `sweeps_dir` (default: the repository's sweeps/), in TABLE_ORDER."""
-    from noisy_prompt.sweep import SWEEPS_DIR  # noqa: PLC0415
-
+    """Every table with a `layout:` in `sweeps_dir` (default: the repository's sweeps/), in the order of
+    the files' names (so the tables of one paper stay together), a file's own table first."""
     found: dict[str, tuple[TableSpec, Path]] = {}
-    for path in sorted(Path(sweeps_dir or SWEEPS_DIR).glob("*.yaml")):
+    for path in sorted(Path(sweeps_dir or plan.SWEEPS_DIR).glob("*.yaml")):
         for spec in tables_from_file(path):
             if spec.name in found:
                 raise LayoutError(f"{path}: a layout for table {spec.name!r}, which {found[spec.name][1]} "
                                   "already lays out; a table has one layout")
             found[spec.name] = (spec, path)
-    rank = {name: i for i, name in enumerate(TABLE_ORDER)}
-    return {name: found[name][0] for name in sorted(found, key=lambda n: (rank.get(n, len(rank)), n))}
+    return {name: spec for name, (spec, _) in found.items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# Orders read from the sweep grids (no list of models or noises kept here)
+
+
+@functools.lru_cache(maxsize=1)
+def _grid_values() -> dict[str, dict[str, tuple[str, ...]]]:
+    return plan.grid_values()
+
+
+def grid_order(key: str, sweeps: Iterable[str]) -> tuple[str, ...]:
+    """The values grid key `key` takes in the repository's sweep files that run `sweeps` (run-dir names,
+    e.g. the `sweep` of each record), in the order the grids list them, sweeps taken by name. A sweep
+    without a file (adhoc runs) adds nothing."""
+    values = _grid_values()
+    out: list[str] = []
+    for sweep in sorted(set(sweeps)):
+        out += [v for v in values.get(sweep, {}).get(key, ()) if v not in out]
+    return tuple(out)
+
+
+def value_order(order: Sequence[str]) -> Callable[[str], tuple]:
+    """Sort key: the values listed in `order` first, in that order, then the others by name with their
+    numbers compared as numbers (sym12.5 before sym25)."""
+    rank = {v: i for i, v in enumerate(order)}
+
+    def key(value: str) -> tuple:
+        parts = re.split(r"(\d+(?:\.\d+)?)", str(value))
+        natural = tuple((0, float(p), "") if i % 2 else (1, 0.0, p) for i, p in enumerate(parts) if p)
+        return (rank.get(value, len(rank)), natural, str(value))
+
+    return key
 
 
 @functools.lru_cache(maxsize=1)
