@@ -115,6 +115,22 @@ def test_duplicates_are_reported_and_first_sorted_path_kept(tmp_path):
     assert first.exists() and second.exists()
 
 
+def test_reused_txt_shares_another_folders_records_without_copies(tmp_path):
+    other, root = tmp_path / "other_sweep", tmp_path / "this_sweep"
+    pets_dpsep(root, "own", 1, 84.0)
+    pets_dpsep(other, "x/seed2", 2, 86.0)
+    pets_dpsep(other, "x/seed3", 3, 88.0)
+    (root / "reused.txt").write_text("# shared with other_sweep\n../other_sweep/x/seed2/results.json\n")
+    cell = aggregate(root, "dpsep_table4").cell("dpsep", "sym50")
+    assert cell.n == 2 and cell.values == (84.0, 86.0)
+    assert any("reused" in n and "reused.txt" in n for n in load_runs(root).notes)
+    (root / "reused.txt").write_text("../other_sweep/x\n")  # a folder: all its runs
+    assert aggregate(root, "dpsep_table4").cell("dpsep", "sym50").n == 3
+    (root / "reused.txt").write_text("ok/line\n../other_sweep/nope/results.json\n".replace("ok/line", "../other_sweep/x"))
+    with pytest.raises(FileNotFoundError, match=r"reused.txt:2: '../other_sweep/nope/results.json'"):
+        load_runs(root)
+
+
 def test_failed_cells_are_shown(tmp_path):
     for seed in (1, 2):
         write_run(tmp_path, f"f{seed}", model="ptnl", data="oxford_pets", noise="sym50", seed=seed, failed=True)

@@ -3,6 +3,10 @@
 Runs are identified by the cell written inside the files (model, data, noise, backbone, train_data,
 seed and the settings: non-cell-key overrides such as model.lam=0.2), never by directory names, so
 any directory layout aggregates the same way.
+
+A folder may hold a `reused.txt`: one path per line (relative to that file; `#` starts a comment) of a
+run file or a folder of runs kept elsewhere, e.g. another sweep's records of the same config hash. They
+load as if they were under the root, so a record shared by two tables is kept once, not copied.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from noisy_prompt.cell import FAILED as FAILED_FILE
 from noisy_prompt.cell import RESULTS, CellKey, Record, read_record
 
 RESULT_FILES = (RESULTS, FAILED_FILE)
+REUSED = "reused.txt"
 
 
 # One record per run file, read by the cell contract (noisy_prompt.cell): identity = cell keys + settings.
@@ -34,6 +39,27 @@ def _rel(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
+def _reused_paths(listing: Path) -> list[Path]:
+    """The run files a `reused.txt` names; a missing one is an error naming the listing and its line."""
+    out: list[Path] = []
+    for n, line in enumerate(listing.read_text().splitlines(), start=1):
+        entry = line.split("#", 1)[0].strip()
+        if not entry:
+            continue
+        target = (listing.parent / entry).resolve()
+        if target.is_dir():
+            files = [p for name in RESULT_FILES for p in target.rglob(name) if p.is_file()]
+        elif target.is_file() and target.name in RESULT_FILES:
+            files = [target]
+        else:
+            files = []
+        if not files:
+            raise FileNotFoundError(f"{listing}:{n}: {entry!r} is neither a {' / '.join(RESULT_FILES)} file nor a "
+                                    f"folder holding one (resolved to {target})")
+        out += files
+    return out
+
+
 def load_runs(root: str | Path) -> LoadedRuns:
     """Every run under `root`, one record per (cell, seed).
 
@@ -43,9 +69,13 @@ def load_runs(root: str | Path) -> LoadedRuns:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"results root {root} is not a directory")
-    paths = sorted((p for name in RESULT_FILES for p in root.rglob(name) if p.is_file()),
-                   key=lambda p: _rel(p, root))
     loaded = LoadedRuns(root=root, runs=[])
+    found = [p for name in RESULT_FILES for p in root.rglob(name) if p.is_file()]
+    for listing in sorted(root.rglob(REUSED)):
+        reused = _reused_paths(listing)
+        found += reused
+        loaded.notes.append(f"{len(reused)} run file(s) reused from elsewhere, as listed in {_rel(listing, root)}")
+    paths = sorted(set(found), key=lambda p: _rel(p, root))
     by_cell: dict[tuple[CellKey, int], dict[bool, list[RunRecord]]] = {}
     for path in paths:
         try:
