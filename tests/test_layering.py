@@ -6,7 +6,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "noisy_prompt"
 CORE = ("errors", "atomic", "provenance", "noise", "losses", "clip", "cell", "config", "data", "methods")
-UPPER = ("build", "task", "run", "sweep", "aggregate", "reporting", "preflight", "predict", "report", "predictor",
+UPPER = ("build", "session", "task", "run", "sweep", "aggregate", "reporting", "preflight", "predict", "report", "predictor",
          "synthetic", "bench", "bench_gpu", "resume", "ddp_guard")
 
 
