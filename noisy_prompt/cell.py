@@ -302,13 +302,19 @@ def read_record(path: str | Path) -> Record:
                   config=payload.get("config") or {})
 
 
+def first_line(text: str | None) -> str:
+    """The first line of an error message (the rest is its detail), for one-line summaries."""
+    lines = str(text or "").strip().splitlines()
+    return lines[0] if lines else "no error message"
+
+
 def error_line(failed_json: Path) -> str:
+    """The first line of the error a failed.json records."""
     try:
         payload = json.loads(Path(failed_json).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         return f"unreadable {Path(failed_json).name}: {err}"
-    lines = str(payload.get("error") or "no error message").strip().splitlines()
-    return lines[0] if lines else "no error message"
+    return first_line(payload.get("error"))
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -329,7 +335,7 @@ def config_diff(old: Mapping[str, Any], new: Mapping[str, Any], limit: int = 8) 
     return lines
 
 
-# What each digest of a run's record names, for the messages (task._run_locked fills them).
+# What each digest of a run's record names, for the messages (session.CellSession fills them).
 DIGEST_WHAT = {
     "weights_digest": ("backbone weights", "the backbone's name", "a rebuilt built-in world"),
     "data_digest": ("dataset content", "the dataset's name and reader arguments",
