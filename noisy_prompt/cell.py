@@ -51,7 +51,7 @@ _CELL_OVERRIDES = {"model", "data", "noise", "backbone", "seed", "sweep", "train
 # Everything else counts as a setting (when unsure, a new dir is the safe side: never a stale number).
 # tests/test_cell_keys.py checks that each key exists in a composed config.
 NON_RESULT_KEYS: frozenset[str] = frozenset({
-    "run_dir", "force", "figures", "lock_wait_s", "allow_synthetic_backbone",
+    "cell", "run_dir", "force", "figures", "lock_wait_s", "allow_synthetic_backbone",
     "trainer", "logger", "callbacks", "paths", "hydra",  # the groups themselves (logger=none, trainer=gpu, ...)
     "data.num_workers", "data.cache_dir", "data.cache_images", "data.cache_images_mb", "data.data_dir",
     "data.eval_batch_size",
@@ -185,11 +185,6 @@ class CellKey:
     def sort_key(self) -> tuple:
         return (self.model, self.data, self.noise, self.backbone or "", self.train_data, self.settings)
 
-    @property
-    def path(self) -> str:
-        """`model/data/noise/backbone`: the cell's part of its run dir, its W&B group, and `cell_id` in records."""
-        return f"{self.model}/{self.data}/{self.noise}/{self.backbone}"
-
     def settings_label(self) -> str:
         return ",".join(f"{k}={v}" for k, v in self.settings)
 
@@ -241,7 +236,8 @@ class CellId:
                 "train_data": k.train_data, "sweep": self.sweep, "settings": dict(k.settings)}
 
     def run_dir(self, log_dir: str | Path) -> Path:
-        return run_dir(log_dir, self.sweep, self.key.path, self.seed, dict(self.key.settings))
+        k = self.key
+        return run_dir(log_dir, self.sweep, f"{k.model}/{k.data}/{k.noise}/{k.backbone}", self.seed, dict(k.settings))
 
 
 def run_dir(log_dir: str | Path, sweep: str, cell_path: str, seed: int, settings: Mapping[str, str] = {}) -> Path:

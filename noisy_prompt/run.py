@@ -19,7 +19,7 @@ log = logging.getLogger("noisy_prompt.run")
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="run")
 def main(cfg: DictConfig) -> float | None:
-    from noisy_prompt.cell import CellId, CellLockedError
+    from noisy_prompt.cell import CellLockedError
     from noisy_prompt.ddp_guard import check_strategy
     from noisy_prompt.errors import UserError
     from noisy_prompt.task import run_cell
@@ -29,27 +29,26 @@ def main(cfg: DictConfig) -> float | None:
     with open_dict(cfg):  # the resolved dir (with its settings tag), also for interpolations inside the job
         cfg.run_dir = str(run_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    cell = CellId.from_config(cfg).key.path  # model/data/noise/backbone, for the messages
     try:
         results = run_cell(cfg, run_dir)
     except CellLockedError as err:
         if not multirun:
             _user_error(err)
         # Another process is running this very cell (its result will be there): not a failure of it.
-        _to_log_files(err, f"cell {cell} is being run by another process; skipped here")
-        log.warning("cell %s is being run by another process; skipped here: %s", cell, err)
+        _to_log_files(err, f"cell {cfg.cell} is being run by another process; skipped here")
+        log.warning("cell %s is being run by another process; skipped here: %s", cfg.cell, err)
         return None
     except UserError as err:
         if not multirun:
             _user_error(err)
         # In a sweep one failing cell must not stop the others: run_cell left failed.json with the error.
-        _to_log_files(err, f"cell {cell} failed")
-        log.error("cell %s failed (recorded in %s), continuing the sweep:\n%s", cell, run_dir / "failed.json", err)
+        _to_log_files(err, f"cell {cfg.cell} failed")
+        log.error("cell %s failed (recorded in %s), continuing the sweep:\n%s", cfg.cell, run_dir / "failed.json", err)
         return None
     except Exception:
         if not multirun:
             raise
-        log.exception("cell %s failed; recorded in %s, continuing the sweep", cell, run_dir / "failed.json")
+        log.exception("cell %s failed; recorded in %s, continuing the sweep", cfg.cell, run_dir / "failed.json")
         return None
     return results.get("metrics", {}).get("test/acc")
 

@@ -77,7 +77,7 @@ class CellSession:
         return {"label_files": self.label_files} if self.label_files else {}
 
     def failure(self, err: BaseException) -> dict[str, Any]:
-        return {"status": "failed", "cell": self.cell.to_record(), "cell_id": self.cell.key.path,
+        return {"status": "failed", "cell": self.cell.to_record(), "cell_id": self.cfg.cell,
                 "config_hash": self.config_hash, "error": f"{type(err).__name__}: {err}",
                 "traceback": traceback.format_exc(), "wall_time_s": round(time.time() - self.t0, 2)}
 
@@ -89,7 +89,7 @@ class CellSession:
         return {
             "status": "ok",
             "cell": self.cell.to_record(),
-            "cell_id": self.cell.key.path,
+            "cell_id": self.cfg.cell,
             "metrics": metrics,
             # The C x C transition matrix goes to noise.json only (10^6 numbers for ImageNet).
             "noise": {k: v for k, v in noise.items() if k != "transition"},
@@ -108,7 +108,7 @@ class CellSession:
         """config.yaml, then results.json (rank 0 calls it): the latter's presence means finished."""
         OmegaConf.save(self.cfg, self.run_dir / "config.yaml", resolve=False)
         write_json(self.run_dir / RESULTS, results)
-        log.info("%s: test acc %.2f -> %s", self.cell.key.path, results["metrics"].get("test/acc", float("nan")),
+        log.info("%s: test acc %.2f -> %s", self.cfg.cell, results["metrics"].get("test/acc", float("nan")),
                  self.run_dir / RESULTS)
 
     # ---- the checks on entry -----------------------------------------------------------------------

@@ -69,7 +69,7 @@ def _run(cfg: DictConfig, s: CellSession) -> dict[str, Any]:
     module.report_path = str(run_dir / REPORT_FILE)
     # Rank 0 saves what `python -m noisy_prompt.predict` needs after testing, with the run's facts.
     module.predictor_path = str(run_dir / PREDICTOR_FILE)
-    module.predictor_meta = {**s.digests, "feature_dtype": dm.feature_dtype, "cell": s.cell.key.path,
+    module.predictor_meta = {**s.digests, "feature_dtype": dm.feature_dtype, "cell": str(cfg.cell),
                              "run_dir": str(run_dir)}
     callbacks = _instantiate_group(cfg, "callbacks")
     for cb in callbacks:  # checkpoints live in this cell's dir, whatever run_dir the config resolved to
@@ -81,7 +81,7 @@ def _run(cfg: DictConfig, s: CellSession) -> dict[str, Any]:
     if module.trains:
         last = s.resume_from
         if last is not None:
-            log.info("resuming %s from %s", s.cell.key.path, last)
+            log.info("resuming %s from %s", cfg.cell, last)
         # weights_only=True: tensors and plain containers only (the session vetted the file on entry)
         trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last is not None else None, weights_only=True)
     trainer.test(module, datamodule=dm, verbose=False)
