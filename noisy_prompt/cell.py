@@ -44,16 +44,28 @@ CELL_KEYS: tuple[str, ...] = ("model", "data", "noise", "backbone", "train_data"
 # Overrides that name the cell itself (group choices or the names the keys are read from).
 _CELL_OVERRIDES = {"model", "data", "noise", "backbone", "seed", "sweep", "train_data",
                    "model.name", "data.name", "noise.name", "backbone.name"}
-# Overrides that change where/how a run is stored, logged or placed on hardware, not its numbers.
+# THE list of keys that change where/how a run is stored, logged or placed on hardware, not its numbers
+# (dotted paths of the composed config; a group name covers the whole group). Both sides of a run's
+# identity read it: such an override is never a run-dir setting (`parse_settings`), and the keys under
+# the result nodes (model, data, noise, backbone) are dropped from the config hash (`config.result_config`).
 # Everything else counts as a setting (when unsure, a new dir is the safe side: never a stale number).
-_NON_RESULT_EXACT = {"cell", "run_dir", "force", "figures", "data_dir", "log_dir", "cache_dir", "lock_wait_s",
-                     "allow_synthetic_backbone", "trainer", "logger", "callbacks", "paths", "hydra",
-                     "data.num_workers", "data.cache_dir", "data.cache_images", "data.cache_images_mb", "data.data_dir", "data.eval_batch_size", "data.device",
-                     "trainer.accelerator", "trainer.devices", "trainer.strategy", "trainer.num_nodes",
-                     "trainer.log_every_n_steps", "trainer.enable_progress_bar", "trainer.enable_model_summary",
-                     "trainer.num_sanity_val_steps", "trainer.sync_batchnorm", "model.block_size",
-                     "model.anchors.encode_batch_size"}
-_NON_RESULT_PREFIXES = ("paths.", "logger.", "callbacks.", "hydra.")
+# tests/test_cell_keys.py checks that each key exists in a composed config.
+NON_RESULT_KEYS: frozenset[str] = frozenset({
+    "cell", "run_dir", "force", "figures", "lock_wait_s", "allow_synthetic_backbone",
+    "trainer", "logger", "callbacks", "paths", "hydra",  # the groups themselves (logger=none, trainer=gpu, ...)
+    "data.num_workers", "data.cache_dir", "data.cache_images", "data.cache_images_mb", "data.data_dir",
+    "data.eval_batch_size",
+    "trainer.accelerator", "trainer.devices", "trainer.strategy", "trainer.num_nodes",
+    "trainer.log_every_n_steps", "trainer.enable_progress_bar", "trainer.enable_model_summary",
+    "trainer.num_sanity_val_steps", "trainer.sync_batchnorm",
+    "model.block_size", "model.anchors.encode_batch_size",
+})
+NON_RESULT_PREFIXES: tuple[str, ...] = ("paths.", "logger.", "callbacks.", "hydra.")
+# The one key that is out of the hash but still a setting: where crossdata_eval reads its source cell's
+# prompts. It defaults to ${paths.log_dir}, so hashing it would give the same cell another hash on every
+# machine (and change the hash of every existing record); but the prompts found there decide the result
+# and no digest covers them, so a run pointed elsewhere gets its own dir rather than reusing this one's.
+HASH_ONLY_NON_RESULT_KEYS: frozenset[str] = frozenset({"model.source.log_dir"})
 TAG_CHARS = 120
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+\-]")
 
@@ -85,7 +97,7 @@ def is_setting(key: str) -> bool:
     key = key.split("@", 1)[0]
     if key.startswith("hydra/"):  # hydra/launcher=slurm and friends: where jobs run, not what they compute
         return False
-    return not (key in _CELL_OVERRIDES or key in _NON_RESULT_EXACT or key.startswith(_NON_RESULT_PREFIXES))
+    return not (key in _CELL_OVERRIDES or key in NON_RESULT_KEYS or key.startswith(NON_RESULT_PREFIXES))
 
 
 def parse_settings(overrides: Sequence[str]) -> dict[str, str]:
@@ -290,13 +302,19 @@ def read_record(path: str | Path) -> Record:
                   config=payload.get("config") or {})
 
 
+def first_line(text: str | None) -> str:
+    """The first line of an error message (the rest is its detail), for one-line summaries."""
+    lines = str(text or "").strip().splitlines()
+    return lines[0] if lines else "no error message"
+
+
 def error_line(failed_json: Path) -> str:
+    """The first line of the error a failed.json records."""
     try:
         payload = json.loads(Path(failed_json).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         return f"unreadable {Path(failed_json).name}: {err}"
-    lines = str(payload.get("error") or "no error message").strip().splitlines()
-    return lines[0] if lines else "no error message"
+    return first_line(payload.get("error"))
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -317,7 +335,7 @@ def config_diff(old: Mapping[str, Any], new: Mapping[str, Any], limit: int = 8) 
     return lines
 
 
-# What each digest of a run's record names, for the messages (task._run_locked fills them).
+# What each digest of a run's record names, for the messages (session.CellSession fills them).
 DIGEST_WHAT = {
     "weights_digest": ("backbone weights", "the backbone's name", "a rebuilt built-in world"),
     "data_digest": ("dataset content", "the dataset's name and reader arguments",

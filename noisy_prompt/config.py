@@ -6,6 +6,8 @@ import json
 
 from omegaconf import DictConfig, OmegaConf
 
+from noisy_prompt.cell import HASH_ONLY_NON_RESULT_KEYS, NON_RESULT_KEYS
+
 
 def _precision() -> str:
     import torch
@@ -44,21 +46,31 @@ def ctor_kwargs(cfg: DictConfig, group: str) -> dict:
     return {k: v for k, v in node.items() if k not in NON_CTOR_KEYS.get(group, set())}
 
 
+RESULT_NODES: tuple[str, ...] = ("model", "data", "noise", "backbone")
+
+
+def _pop_dotted(tree: dict, key: str) -> None:
+    *parents, last = key.split(".")
+    for part in parents:
+        tree = tree.get(part)
+        if not isinstance(tree, dict):
+            return
+    tree.pop(last, None)
+
+
 def result_config(cfg: DictConfig) -> dict:
-    """What determines the result, resolved: not paths, loggers, hardware or the force flag.
+    """What determines the result, resolved: the result nodes, the seed, the epochs and the training set,
+    less the keys that only say where/how the run is stored or placed (`cell.NON_RESULT_KEYS` under those
+    nodes, and `cell.HASH_ONLY_NON_RESULT_KEYS`: paths, caches, workers, batch sizes of memory-only passes).
 
     Stored in results.json beside its hash, so a stale cell can name the keys that changed."""
-    resolved = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "noise", "backbone")}
+    resolved = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in RESULT_NODES}
     resolved["seed"] = int(cfg.seed)
     resolved["max_epochs"] = cfg.trainer.max_epochs
     resolved["train_data"] = str(cfg.get("train_data") or cfg.data.name)
-    for drop in ("data_dir", "cache_dir", "num_workers", "eval_batch_size", "device", "cache_images", "cache_images_mb"):
-        resolved.get("data", {}).pop(drop, None)
-    model = resolved.get("model", {})
-    model.pop("block_size", None)  # memory, not results
-    for sub, key in (("anchors", "encode_batch_size"), ("source", "log_dir")):
-        if isinstance(model.get(sub), dict):
-            model[sub].pop(key, None)
+    for key in sorted(NON_RESULT_KEYS | HASH_ONLY_NON_RESULT_KEYS):
+        if "." in key and key.split(".", 1)[0] in RESULT_NODES:
+            _pop_dotted(resolved, key)
     return resolved
 
 

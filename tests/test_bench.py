@@ -35,7 +35,7 @@ def test_interpolation_in_classes():
 
 @pytest.mark.slow
 def test_prompt_bench_cpu_smoke(capsys):
-    bench.main(["prompt", "--backbones", "synthetic", "--classes", "4", "8", "--subset", "4", "--steps", "1",
+    bench.main(["--backbones", "synthetic", "--classes", "4", "8", "--subset", "4", "--steps", "1",
                 "--warmup", "0", "--device", "cpu"])
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("synthetic ")]

@@ -6,8 +6,8 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "noisy_prompt"
 CORE = ("errors", "atomic", "provenance", "noise", "losses", "clip", "cell", "config", "data", "methods")
-UPPER = ("build", "task", "run", "sweep", "sweeps", "aggregate", "reporting", "preflight", "predict", "report",
-         "predictor", "synthetic", "tools", "bench", "bench_gpu", "resume", "ddp_guard")
+UPPER = ("build", "session", "task", "run", "sweep", "sweeps", "aggregate", "reporting", "preflight", "predict",
+         "report", "predictor", "synthetic", "tools", "bench", "bench_gpu", "resume", "ddp_guard")
 
 
 def _modules() -> dict[str, Path]:

@@ -1,7 +1,6 @@
 """Benchmarks (not tests: they print numbers). `python -m noisy_prompt.bench <what> [--help]`:
 
 prompt  DP-SEP step time and memory of the three text paths (dassl / cut / prefix), CPU or GPU (`make bench`)
-dpsep   the older two-way comparison (cut path vs the Dassl loop)
 gpu     the device suite, under 5 minutes on one GPU (`make bench-gpu`)
 loader  images/s of the training loader on a generated tree of JPEGs against the decode limit of this machine
 tango   TANGO's training epoch against a plain CE fine-tuning epoch (ViT-B/16, random weights, CPU)
@@ -14,7 +13,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-COMMANDS = {"prompt": "prompt", "dpsep": "prompt", "gpu": "gpu", "loader": "loader", "tango": "tango", "cell": "cell"}
+COMMANDS = {"prompt": "prompt", "gpu": "gpu", "loader": "loader", "tango": "tango", "cell": "cell"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,7 +24,4 @@ def main(argv: list[str] | None = None) -> None:
     what, rest = argv[0], argv[1:]
     module = importlib.import_module(f"noisy_prompt.bench.{COMMANDS[what]}")
     prog = f"python -m noisy_prompt.bench {what}"
-    if COMMANDS[what] == "prompt":
-        module.main([what, *rest], prog=prog)
-    else:
-        module.main(rest, prog=prog)
+    module.main(rest, prog=prog)

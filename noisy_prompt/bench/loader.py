@@ -27,15 +27,16 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-# CLIP's normalisation (every OpenAI CLIP backbone) and ViT-B/16's input size: the transform of a real run.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# CLIP's normalisation (every OpenAI CLIP backbone): the transform of a real run.
+from noisy_prompt.clip.factory import OPENAI_MEAN as CLIP_MEAN, OPENAI_STD as CLIP_STD
 
 
 def write_tree(root: Path, n: int, width: int, height: int, classes: int = 10, seed: int = 0, quality: int = 90) -> Path:
     """n JPEGs of width x height with photo-like content (smooth colour fields + texture + noise, so the
     files compress like photos, ~30-60 KB), in Food-101's CoOp layout. Returns the data root."""
     from PIL import Image
+
+    from noisy_prompt.data.readers.coop import clean_classname
 
     rng = np.random.default_rng(seed)
     img_dir = root / "food-101" / "images"
@@ -51,7 +52,7 @@ def write_tree(root: Path, n: int, width: int, height: int, classes: int = 10, s
         field += rng.normal(0, 12, size=field.shape)
         rel = f"{names[c]}/{i:06d}.jpg"
         Image.fromarray(np.clip(field, 0, 255).astype(np.uint8)).save(img_dir / rel, quality=quality)
-        rows.append([rel, c, names[c].replace("_", " ")])
+        rows.append([rel, c, clean_classname(names[c])])
     split = {"train": rows, "val": rows[: max(classes, n // 10)], "test": rows[: max(classes, n // 10)]}
     (root / "food-101" / "split_zhou_Food101.json").write_text(json.dumps(split))
     return root

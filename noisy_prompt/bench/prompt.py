@@ -1,12 +1,11 @@
-"""`python -m noisy_prompt.bench prompt|dpsep`: the DP-SEP prompt paths (not a test: it prints numbers).
+"""`python -m noisy_prompt.bench prompt`: the DP-SEP prompt paths (not a test: it prints numbers).
 
-prompt  steps/s and memory of one DP-SEP training step for the three text paths, in one process, on the
-        same model: `dassl` = every image batch through the frozen image encoder + the full 77-token
-        text sequence (the CoOp/Dassl loop); `cut` = cached image features + the sequence cut at the
-        longest EOT; `prefix` = cached features + [SOS]+ctx once per branch and the class-name suffixes
-        batched over classes (`noisy_prompt/clip/prefix_forward.py`). All three run the identical
-        DP-SEP loss and optimiser step and are exact (parity: tests/test_prompt_prefix.py).
-dpsep   the older two-way comparison (ours = cut path vs the Dassl loop).
+Steps/s and memory of one DP-SEP training step for the three text paths, in one process, on the same
+model: `dassl` = every image batch through the frozen image encoder + the full 77-token text sequence
+(the CoOp/Dassl loop); `cut` = cached image features + the sequence cut at the longest EOT; `prefix` =
+cached features + [SOS]+ctx once per branch and the class-name suffixes batched over classes
+(`noisy_prompt/clip/prefix_forward.py`). All three run the identical DP-SEP loss and optimiser step and
+are exact (parity: tests/test_prompt_prefix.py). `--paths cut dassl` gives the two-way comparison.
 Shared helpers of the other benchmarks (class names, random-weight backbones, the timed optimiser step)
 live here too; `noisy_prompt.bench.gpu` imports them (one direction only).
 """
@@ -269,30 +268,20 @@ def run_prompt(args) -> list[dict]:
     return rows
 
 
-# ---- the older `dpsep` two-way comparison ---------------------------------------------------------
-def bench_dpsep(backbone: str, num_classes: int, batch_size: int, steps: int, warmup: int, device: str) -> dict:
-    r = bench_prompt_paths(build_clip(backbone), backbone, num_classes, None, batch_size, steps, warmup, device,
-                           paths=("cut", "dassl"))
-    ours, ref = 1 / r["paths"]["cut"].step_s, 1 / r["paths"]["dassl"].step_s
-    return {"backbone": r["backbone"], "classes": num_classes, "batch": batch_size, "text_len_ours": r["len"]["cut"],
-            "text_len_ref": r["len"]["dassl"], "ours_steps_s": ours, "ref_steps_s": ref, "ratio": ours / ref}
-
-
 def main(argv: list[str] | None = None, prog: str = "python -m noisy_prompt.bench prompt") -> None:
     p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("method", choices=["prompt", "dpsep"])
     p.add_argument("--backbones", nargs="+", default=None, choices=sorted(BACKBONES))
     p.add_argument("--classes", type=int, nargs="+", default=None,
                    help="numbers of classes (the text tower runs on 2C prompts per DP-SEP step)")
     p.add_argument("--subset", type=int, default=None,
-                   help="prompt: run C above this on a class subset of this size, scaled up (stated in the output)")
+                   help="run C above this on a class subset of this size, scaled up (stated in the output)")
     p.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
     p.add_argument("--precision", default="32", choices=sorted(PRECISIONS))
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--steps", type=int, nargs="+", default=None)
+    p.add_argument("--steps", type=int, default=2, help="timed steps per path")
     p.add_argument("--dassl-steps", type=int, default=None,
-                   help="prompt: timed steps of the (slow) dassl path (default: --steps on CUDA, 1 on CPU)")
+                   help="timed steps of the (slow) dassl path (default: --steps on CUDA, 1 on CPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 1 on CUDA, 0 on CPU)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
@@ -300,22 +289,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m noisy_prompt.benc
     on_cpu = torch.device(args.device).type == "cpu"
     if args.warmup is None:
         args.warmup = 0 if on_cpu else 1
-    if args.method == "prompt":
-        if args.dassl_steps is None and on_cpu:
-            args.dassl_steps = 1  # one dassl step at C=102 is minutes on a 2-core CPU
-        args.backbones = args.backbones or ["vit_b32", "rn50"]
-        args.classes = args.classes or [37, 102, 1000]
-        args.subset = 102 if args.subset is None else args.subset
-        args.steps = (args.steps or [2])[0]
-        run_prompt(args)
-        return
-    backbones = args.backbones or ["synthetic", "vit_b32"]
-    classes = args.classes or [42, 10]
-    steps = args.steps or [20, 3]
-    print(f"{'backbone':24s} {'C':>4s} {'B':>3s} {'len ours/ref':>12s} {'ours it/s':>10s} {'ref it/s':>9s} {'ratio':>7s}")
-    for i, bb in enumerate(backbones):
-        c = classes[min(i, len(classes) - 1)]
-        n = steps[min(i, len(steps) - 1)]
-        r = bench_dpsep(bb, c, args.batch_size, n, args.warmup, args.device)
-        print(f"{r['backbone']:24s} {c:4d} {args.batch_size:3d} {r['text_len_ours']:>5d}/{r['text_len_ref']:<6d} "
-              f"{r['ours_steps_s']:10.2f} {r['ref_steps_s']:9.2f} {r['ratio']:6.1f}x", flush=True)
+    if args.dassl_steps is None and on_cpu:
+        args.dassl_steps = 1  # one dassl step at C=102 is minutes on a 2-core CPU
+    args.backbones = args.backbones or ["vit_b32", "rn50"]
+    args.classes = args.classes or [37, 102, 1000]
+    args.subset = 102 if args.subset is None else args.subset
+    run_prompt(args)

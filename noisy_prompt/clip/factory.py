@@ -21,7 +21,9 @@ from noisy_prompt.errors import UserError
 
 log = logging.getLogger(__name__)
 
-BUILTIN_DIR = Path(__file__).resolve().parent.parent / "synthetic" / "weights"
+# The one home of the weights shipped in the package: `builtin:<name>` is the folder of that name here
+# (the synthetic world's CLIP is `builtin:synthetic-clip`, written by `python -m noisy_prompt.synthetic.pretrain`).
+BUILTIN_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "synthetic" / "weights"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -47,7 +49,7 @@ class ClipBundle:
 
 def resolve_model_name(model: str) -> str:
     if model.startswith("builtin:"):
-        path = BUILTIN_DIR / model.split(":", 1)[1]
+        path = BUILTIN_WEIGHTS_DIR / model.split(":", 1)[1]
         if not (path / "open_clip_config.json").is_file():
             raise WeightsNotFoundError(
                 f"built-in model '{model}' is missing: expected {path}/open_clip_config.json and weights. "
