@@ -96,10 +96,10 @@ def data_digest_of(cfg: DictConfig, label_files: dict[str, str] | None = None) -
     return data_digest(name, cfg.data.get("data_dir"), **kwargs)
 
 
-def build_module(cfg: DictConfig, dm, clip_bundle=None):
+def build_module(cfg: DictConfig, dm, clip_bundle=None, max_epochs: int | None = None):
     kwargs = ctor_kwargs(cfg, "model")
     target = kwargs.pop("_target_")
-    kwargs["max_epochs"] = max_epochs_of(cfg)
+    kwargs["max_epochs"] = max_epochs_of(cfg) if max_epochs is None else int(max_epochs)  # the task computes it once
     if clip_bundle is not None:
         kwargs["clip_bundle"] = clip_bundle
     # What the data publishes reaches the method here, once, beside its class names: the class descriptions

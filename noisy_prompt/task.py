@@ -65,7 +65,7 @@ def _run(cfg: DictConfig, s: CellSession) -> dict[str, Any]:
     bundle = build_clip(cfg)
     dm = build_datamodule(cfg, bundle)
     dm.setup("fit")
-    module = build_module(cfg, dm, bundle)
+    module = build_module(cfg, dm, bundle, max_epochs)
     del bundle
     module.report_path = str(run_dir / REPORT_FILE)
     # Rank 0 saves what `python -m noisy_prompt.predict` needs after testing, with the run's facts.

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from noisy_prompt.data.facts import DataFacts
 from noisy_prompt.methods.train_fit import LOSS_FINAL, TrainFit, callback_metrics, fit_fractions
 
 
@@ -37,10 +38,27 @@ class _Items(Dataset):
 
 
 class _DM(L.LightningDataModule):
+    """The DataSource protocol (noisy_prompt.data.facts) over three tensors."""
+
     def __init__(self, x, given, true, known=True):
         super().__init__()
         self.items = _Items(x, given, true)
-        self.clean_labels_known = known
+        self._facts = DataFacts(clean_labels_known=known)
+
+    def facts(self):
+        return self._facts
+
+    def set_epoch(self, epoch):
+        pass
+
+    def test_dataloader(self):
+        return self.train_eval_dataloader()
+
+    def train_paths(self):
+        return None
+
+    def num_train(self):
+        return len(self.items)
 
     def train_dataloader(self):
         return DataLoader(self.items, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0))

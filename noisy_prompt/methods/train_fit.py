@@ -29,6 +29,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
+from noisy_prompt.data.facts import DataSource
 from noisy_prompt.methods import selection
 
 PREFIX = "train_fit/"
@@ -111,8 +112,8 @@ class TrainFit(Callback):
         out: dict[str, float] = {}
         if self.last_loss is not None and math.isfinite(self.last_loss):
             out[LOSS_FINAL] = self.last_loss
-        dm = trainer.datamodule
-        if dm is not None and selection.true_labels_known(dm):
+        dm = trainer.datamodule  # what the data declares (DataFacts), through the one protocol methods use
+        if isinstance(dm, DataSource) and dm.facts().clean_labels_known:
             preds, given, true, _ = selection.training_set_pass(
                 pl_module, lambda x: {"pred": pl_module.logits(x).argmax(dim=-1)}, dm, desc="train fit: training set")
             out.update(fit_fractions(preds["pred"], given, true))

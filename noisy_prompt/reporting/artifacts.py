@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from noisy_prompt.loggers import is_wandb
 from noisy_prompt.methods.selection import LABEL_ISSUES_FILE
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ def save_run_artifacts(cfg, module, dm, run_dir: Path, loggers: list, noise: dic
 
 
 def _log_to_wandb(loggers, saved, module, names, noise, run_dir: Path | None = None, dm=None) -> None:
-    wandb_loggers = [lg for lg in loggers if type(lg).__name__ == "WandbLogger"]
+    wandb_loggers = [lg for lg in loggers if is_wandb(lg)]
     if not wandb_loggers:
         return
     import wandb

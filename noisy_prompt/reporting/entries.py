@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from noisy_prompt.cell import CellKey
+from noisy_prompt.cell import CellKey, first_line  # noqa: F401  (first_line: importable from here too)
 from noisy_prompt.reporting.runs import RunRecord
 
 DASH = "—"
@@ -53,12 +53,6 @@ def metric_value(run: RunRecord, metric: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return float(value)
-
-
-def first_line(text: str | None) -> str:
-    """The first line of a failed run's error (the table prints one line per failed seed)."""
-    lines = (text or "").strip().splitlines()
-    return lines[0] if lines else "no error message"
 
 
 def aggregate_entry(runs: Sequence[RunRecord], metric: str, paper: float | None) -> TableEntry:

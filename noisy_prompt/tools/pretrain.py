@@ -43,7 +43,8 @@ from noisy_prompt.synthetic.world import (
     CLASSNAMES, DOWNSTREAM_STYLE, NUM_CLASSES, downstream_classes, render_scene, sample_scene, scene_rng,
 )
 
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "synthetic" / "weights"
+from noisy_prompt.clip.factory import BUILTIN_WEIGHTS_DIR as WEIGHTS_DIR  # where builtin: names point
+
 DEFAULT_OUT = WEIGHTS_DIR / "synthetic-clip"
 CHECKPOINT_NAME = "resume_checkpoint.pt"
 LOGIT_SCALE = 100.0
