@@ -14,6 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from noisy_prompt import atomic
 from noisy_prompt.clip.factory import ClipBundle, create_clip, freeze
 from noisy_prompt.data.facts import DataFacts, DataSource
+from noisy_prompt.data.readers.templates import DEFAULT_TEMPLATES, clean_classname
 from noisy_prompt.methods.selection import LABEL_ISSUES_FILE
 from noisy_prompt.methods.schedules import warmup_cosine_factor
 
@@ -146,7 +147,7 @@ class ClassifierModule(L.LightningModule):
         self.strict_loading = False
         self.classnames = list(classnames)
         self.num_classes = len(self.classnames)
-        self.templates = list(templates or ["a photo of a {}."])
+        self.templates = list(templates or DEFAULT_TEMPLATES)
         self.test_set_names = list(test_sets or ["test"])
         self.input = input
         self.optim = dict(optim or {})
@@ -209,7 +210,7 @@ class ClassifierModule(L.LightningModule):
     @torch.no_grad()
     def template_text_features(self, classnames: list[str] | None = None, templates: list[str] | None = None) -> torch.Tensor:
         """Zero-shot class embeddings: normalised mean over templates of normalised text features."""
-        names = [c.replace("_", " ") for c in (classnames or self.classnames)]
+        names = [clean_classname(c) for c in (classnames or self.classnames)]
         out = []
         for name in names:
             tokens = self.tokenizer([t.format(name) for t in (templates or self.templates)]).to(self.device)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from noisy_prompt.data.readers.templates import clean_classname
 from noisy_prompt.methods.epoch_curve import EpochCurveModule
 from noisy_prompt.methods.tango.tac import class_anchor_table, tac_log_probs
 
@@ -58,7 +59,7 @@ class FineTuneCE(EpochCurveModule):
         out = []
         for name in self.classnames:
             sentences = list(own.get(name, []))[:k]
-            out.append(sentences or [t.format(name.replace("_", " ")) for t in self.templates])
+            out.append(sentences or [t.format(clean_classname(name)) for t in self.templates])
         return out
 
     def logits(self, x: Tensor) -> Tensor:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from noisy_prompt.data.base import DatasetLayoutError, DatasetSplits, ImageSplit, open_rgb
-from noisy_prompt.data.readers.templates import description_aliases_for, templates_for
+from noisy_prompt.data.readers.templates import clean_classname, description_aliases_for, templates_for  # noqa: F401
 
 COOP_DATASETS_MD = "https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md"
 
@@ -60,9 +60,6 @@ def root_key(data_root: Path, path: Path) -> str:
     """The stable key of a file: its path relative to the data root, with '/' separators."""
     return path.relative_to(data_root).as_posix()
 
-
-def clean_classname(name: str) -> str:
-    return name.replace("_", " ")
 
 
 def list_files(folder: Path) -> list[Path]:

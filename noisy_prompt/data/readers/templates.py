@@ -9,6 +9,12 @@ from __future__ import annotations
 
 DEFAULT_TEMPLATES: list[str] = ["a photo of a {}."]
 
+
+def clean_classname(name: str) -> str:
+    """A class name as prompts write it: folder names use underscores for spaces ('sea_lion')."""
+    return name.replace("_", " ")
+
+
 TEMPLATES: dict[str, list[str]] = {
     # CoOp zero-shot CLIP (CUSTOM_TEMPLATES), one template per dataset
     "imagenet": ["a photo of a {}."],
