@@ -3,8 +3,9 @@ import re
 from pathlib import Path
 
 from noisy_prompt.reporting import config_table
+from paths import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "evidence" / "README.md"]
 LINK = re.compile(r"\]\(([^)#\s]+)(#[^)\s]*)?\)")
 
@@ -70,4 +71,23 @@ def test_nothing_points_at_a_document_outside_the_repository():
                 bad += _outside_citations(p, in_docs=top == "docs")
     for name in ("README.md", "Makefile"):
         bad += _outside_citations(ROOT / name, in_docs=False)
+    assert bad == []
+
+
+def test_every_cited_test_file_exists():
+    """Pages and comments that name a test file (`tests/<folder>/test_<unit>.py`, maybe `::test_name`) name one that
+    is there: moving a test file without its citations fails here."""
+    cite = re.compile(r"\btests/[\w/]+\.py(?:::(\w+))?")
+    files = [ROOT / "README.md", ROOT / "Makefile", *(ROOT / "docs").glob("*.md"), ROOT / "evidence" / "README.md"]
+    for top in ("noisy_prompt", "conf", "sweeps", "tests"):
+        files += [p for p in (ROOT / top).rglob("*") if p.suffix in (".py", ".yaml", ".md")]
+    bad = []
+    for path in files:
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            for m in cite.finditer(line):
+                target = ROOT / m.group(0).split("::")[0]
+                if not target.is_file():
+                    bad.append(f"{path.relative_to(ROOT)}:{n}: {m.group(0)} (no such file)")
+                elif m.group(1) and f"def {m.group(1)}(" not in target.read_text(encoding="utf-8"):
+                    bad.append(f"{path.relative_to(ROOT)}:{n}: {m.group(0)} (no such test)")
     assert bad == []

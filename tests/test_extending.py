@@ -3,11 +3,12 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from paths import REPO
+
+ROOT = REPO
 DOC = ROOT / "docs" / "extending.md"
 FILE = re.compile(r"<!-- file: (?P<path>\S+) -->\n```\w*\n(?P<body>.*?)```", re.S)
 RUN = re.compile(r"<!-- run -->\n```bash\n(?P<cmd>.*?)```", re.S)

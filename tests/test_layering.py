@@ -4,7 +4,8 @@ import ast
 from collections import defaultdict
 from pathlib import Path
 
-PKG = Path(__file__).resolve().parents[1] / "noisy_prompt"
+from paths import PKG
+
 CORE = ("errors", "atomic", "provenance", "noise", "losses", "clip", "cell", "config", "data", "methods")
 UPPER = ("build", "session", "task", "run", "sweep", "sweeps", "aggregate", "reporting", "preflight", "predict",
          "report", "predictor", "synthetic", "tools", "bench", "bench_gpu", "resume", "ddp_guard")

@@ -5,7 +5,7 @@ model: `dassl` = every image batch through the frozen image encoder + the full 7
 (the CoOp/Dassl loop); `cut` = cached image features + the sequence cut at the longest EOT; `prefix` =
 cached features + [SOS]+ctx once per branch and the class-name suffixes batched over classes
 (`noisy_prompt/clip/prefix_forward.py`). All three run the identical DP-SEP loss and optimiser step and
-are exact (parity: tests/test_prompt_prefix.py). `--paths cut dassl` gives the two-way comparison.
+are exact (parity: tests/clip/test_prompt_prefix.py). `--paths cut dassl` gives the two-way comparison.
 Shared helpers of the other benchmarks (class names, random-weight backbones, the timed optimiser step)
 live here too; `noisy_prompt.bench.gpu` imports them (one direction only).
 """

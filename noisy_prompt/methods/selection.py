@@ -11,7 +11,7 @@ Two things live here, shared by every method that trains on labels:
   (lower = more suspect, the order cleanlab ranks by); methods with clean/noisy verdicts add them.
   `label_issue_metrics` scores the verdicts and the ranking against the true labels where they are known.
 
-Functions of tensors are pure (tested alone in tests/test_selection.py); only `training_set_pass` and
+Functions of tensors are pure (tested alone in tests/methods/test_selection.py); only `training_set_pass` and
 `sample_paths` touch a module or the data, through the `DataSource` protocol (data/facts.py).
 """
 from __future__ import annotations

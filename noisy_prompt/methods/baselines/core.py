@@ -185,8 +185,8 @@ def normalise_losses(losses: Tensor) -> Tensor:
 # EM until the mean log-likelihood changes by less than GMM_TOL between iterations, at most GMM_MAX_ITER
 # iterations. DivideMix's released code stops sklearn's EM after 10 iterations at tol 1e-2; from the median
 # split, at <= 20% clean samples that leaves the fit on a plateau whose clean/noisy split disagrees with the
-# converged fit on a large share of the samples (tests/test_baselines_core.py measures it). A looser tol
-# (1e-6) stops on the same plateau, hence 1e-10.
+# converged fit on a large share of the samples (tests/methods/baselines/test_baselines_core.py measures it).
+# A looser tol (1e-6) stops on the same plateau, hence 1e-10.
 GMM_MAX_ITER = 10_000
 GMM_TOL = 1e-10
 

@@ -1,7 +1,5 @@
 """DP-SEP / CoOp / PTNL modules: only the contexts train, checkpoints hold only them, presets are configs,
 each reading of the garbled parts is a switch, and best/last test accuracy where validation is the test split."""
-from pathlib import Path
-
 import lightning as L
 import pytest
 import torch
@@ -12,7 +10,7 @@ import noisy_prompt.config  # noqa: F401
 from noisy_prompt.config import ctor_kwargs
 from noisy_prompt.methods.dpsep import DPSEP
 from noisy_prompt.noise import NoiseSpec
-CONF = Path(__file__).resolve().parent.parent / "conf"
+from paths import CONF
 
 
 def _module(dm, backbone, **kw):

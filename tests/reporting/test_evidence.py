@@ -2,8 +2,9 @@
 from pathlib import Path
 
 from noisy_prompt.reporting import evidence
+from paths import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 PAGE = ROOT / "evidence" / "README.md"
 
 

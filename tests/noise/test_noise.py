@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import math
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,8 +22,9 @@ from noisy_prompt.noise import (
     sym_noise,
 )
 from noisy_prompt.noise.protocols import inst_flip_distribution
+from paths import CONF
 
-NOISE_CONF = Path(__file__).resolve().parents[1] / "conf" / "noise"
+NOISE_CONF = CONF / "noise"
 EXPECTED_CONFIGS = {
     "clean", "sym12.5", "sym25", "sym40", "sym50", "sym60", "sym65", "sym80", "inst20", "inst40", "inst60",
     "inst80", "asym30", "asym30_superclass", "ptnl_fp2", "ptnl_fp4", "ptnl_fp8", "pair_fp2", "pair_fp4",

@@ -3,8 +3,8 @@ between epochs, training loss, label-issue export, checkpoint content and the pr
 from __future__ import annotations
 
 import csv
+import inspect
 import json
-from pathlib import Path
 
 import lightning as L
 import pytest
@@ -19,14 +19,15 @@ from fake_trees import save_tiny_clip
 from noisy_prompt.config import ctor_kwargs
 from noisy_prompt.data.datamodule import CLIPDataModule
 from noisy_prompt.data.facts import DataFacts
+from noisy_prompt.methods.base import ClassifierModule
 from noisy_prompt.methods.tango.anchors import template_sentences
 from noisy_prompt.methods.selection import LABEL_ISSUE_COLUMNS
 from noisy_prompt.methods.tango.module import ANCHOR_SOURCE_ALIASES, Tango
 from noisy_prompt.methods.tango.tac import tac_log_probs
 from noisy_prompt.noise import NoiseSpec
 from noisy_prompt.data.readers import read_dataset
+from paths import CONF
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
 TINY = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
@@ -463,6 +464,31 @@ def test_recipe_defaults_follow_the_spec():
     # the readings of section 4b default to the documented ones
     assert (m["tac_form"], m["mixup"], m["mixup_alpha"], m["knn_vote"], m["lreg_weight"]) == (
         "logsumexp", "beta11", None, "uniform", 1.0)
+
+
+def test_paper_cifar100n_cell_composes_with_vit_b16():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="run", overrides=["model=tango", "data=cifar100n", "backbone=vit_b16"])
+    assert (cfg.backbone.model, cfg.backbone.pretrained) == ("ViT-B-16-quickgelu", "openai")
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    assert model["_target_"] == "noisy_prompt.methods.tango.module.Tango"
+    assert (model["dataset"], model["input"], model["anchors"]["source"]) == ("cifar100n", "images", "cupl")
+    assert (model["max_epochs"], model["batch_size"], model["beta"], model["k"]) == (20, 64, 0.5, 200)
+    assert data["_target_"] == "noisy_prompt.data.datamodule.CLIPDataModule"
+    assert (data["name"], data["input"], data["shots"], data["val_from"]) == ("cifar100n", "images", None, "test")
+    assert data["batch_size"] == 64 and cfg.trainer.max_epochs == 20
+    assert cfg.cell.startswith("tango/cifar100n/") and cfg.cell.endswith("/vit_b16")
+
+    # Every key reaches a constructor that accepts it, without building anything (no ViT-B/16 weights here).
+    kwargs = ctor_kwargs(cfg, "model")
+    own = set(inspect.signature(Tango.__init__).parameters) - {"self", "kwargs"}
+    base = {k: v for k, v in kwargs.items() if k not in own and k != "_target_"}
+    inspect.signature(ClassifierModule.__init__).bind(None, backbone={}, classnames=["a"], seed=1, **base)
+    data_kwargs = ctor_kwargs(cfg, "data")
+    data_kwargs.pop("_target_")
+    dm = CLIPDataModule(**data_kwargs, noise=None, backbone={}, seed=1)  # __init__ reads no file
+    assert (dm.reader, dm.input, dm.val_from) == ("cifar100n", "images", "test")
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

@@ -15,8 +15,7 @@ import pytest
 import yaml
 
 from noisy_prompt.tools import calibrate
-
-REPO = Path(__file__).resolve().parents[1]
+from paths import REPO
 
 
 def _seeds(*accs, **per_seed):

@@ -36,8 +36,8 @@ from noisy_prompt.reporting.tables import (
     read_paper_csv,
     tables_from_file,
 )
+from paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml"))
 PAPER_TABLES = ("dpsep_table1", "dpsep_table2", "dpsep_table3", "dpsep_table4",

@@ -206,7 +206,7 @@ def test_class_descriptions_are_distinct_stable_and_on_topic():
 
 
 # ---------------------------------------------------------------------------------------------
-# The committed small CLIP (the pretraining tool is tested in tests/test_pretrain.py)
+# The committed small CLIP (the pretraining tool is tested in tests/tools/test_pretrain.py)
 
 
 @pytest.fixture(scope="module")
@@ -320,14 +320,12 @@ def test_world3_captions_name_instance_attributes_and_world2_captions_do_not():
 
 
 def test_backbone_names_the_world_its_data_renders():
-    from pathlib import Path
-
     from hydra import compose, initialize_config_dir
 
     import noisy_prompt.config  # noqa: F401  (resolvers)
+    from paths import CONF
 
-    conf = Path(__file__).resolve().parent.parent / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         v2 = compose("run", overrides=["backbone=synthetic_v2", "data=synthetic"], return_hydra_config=True)
         default = compose("run", overrides=["data=synthetic_full"], return_hydra_config=True)
     assert v2.data.reader_kwargs.world == 2 == v2.backbone.world

@@ -4,8 +4,6 @@ DP-SEP readings evaluate the test split every epoch (best and last epoch), and T
 only where they should."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -13,8 +11,8 @@ from omegaconf import OmegaConf
 import noisy_prompt.config  # noqa: F401  (resolvers)
 from noisy_prompt import sweep as sw
 from noisy_prompt.reporting.tables import ACC, ACC_BEST, TABLES, load_paper_numbers
+from paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 # sweep file -> {sweep dir: number of cells}; each sweep dir aggregates with the table of the same name.
 EXPECTED = {

@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 
 from noisy_prompt.bench.cell import PRESETS, run_once
+from paths import REPO
 
 RUN = ["callbacks=none", "figures=false", "logger=csv"]
 # From b2ca867 (git_rev in its results.json), OMP_NUM_THREADS=1.
@@ -104,8 +105,7 @@ EXPECTED = {
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", sorted(EXPECTED))
 def test_world_cell_metrics_equal_the_base_commit(preset, tmp_path):
-    here = str(__import__("pathlib").Path(__file__).resolve().parents[1])
-    rec = run_once(here, PRESETS[preset] + RUN, tmp_path, "new", tmp_path / "cache", threads=1)
+    rec = run_once(str(REPO), PRESETS[preset] + RUN, tmp_path, "new", tmp_path / "cache", threads=1)
     # Every metric the base commit reported is unchanged to the digit (later commits add metrics, e.g. the
     # label-issue report's, which the base commit could not have recorded).
     expected = EXPECTED[preset]["metrics"]

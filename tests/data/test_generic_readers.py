@@ -16,8 +16,7 @@ from noisy_prompt.data.base import ImageReadError
 from noisy_prompt.data.readers import READERS, read_dataset
 from noisy_prompt.data.readers.generic import DatasetContentError, read_csv_dataset, read_folder
 from noisy_prompt.data.verify import main as verify_main
-
-CONF = Path(__file__).resolve().parent.parent / "conf"
+from paths import CONF
 
 
 def tree(root: Path, counts: dict[str, int], sub: str = "", suffix: str = ".png") -> Path:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,8 +9,8 @@ import torch.nn.functional as F
 
 from noisy_prompt.losses.soft import mixup
 from noisy_prompt.methods.baselines import core
+from paths import CONF
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
 
 # Four unit vectors in 2-D; cosines: 01 0.8, 02 0, 03 0.6, 12 0.6, 13 0.96, 23 0.8.
 FEATS = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [0.6, 0.8]])

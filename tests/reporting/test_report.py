@@ -26,8 +26,8 @@ from noisy_prompt.methods.selection import (
 from noisy_prompt.reporting import report_page
 from noisy_prompt.reporting.report_page import ReportError, build_page, main, render, write_report
 from report_html import parse
+from paths import CONF
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
 
 # One preset per module class that trains (the variants of a class share its report code), with what keeps
 # the run to seconds. Verdicts: whether the method decides clean/noisy itself.

@@ -189,3 +189,130 @@ def test_training_set_pass_places_outputs_by_index_and_restores_modes():
     half = type("OnlyLoader", (), {"train_eval_dataloader": _DM.train_eval_dataloader})()  # not a DataSource
     with pytest.raises(RuntimeError, match="DataSource.*got OnlyLoader"):
         training_set_pass(m, outputs, half)
+
+
+class _Shuffled(_DM):
+    """Clean labels that differ from the given ones, so that a misplaced clean label shows."""
+
+    def train_eval_dataloader(self):
+        return [{"x": torch.tensor([[float(i), 1.0] for i in chunk]), "label": torch.tensor([i % 3 for i in chunk]),
+                 "clean_label": torch.tensor([10 + i for i in chunk]), "index": torch.tensor(chunk)}
+                for chunk in self.order]
+
+
+def test_training_set_pass_places_clean_labels_by_index_and_returns_the_data():
+    m = _Fake()
+    dm = _Shuffled([[4, 1], [0, 3, 2]])
+    out, given, clean, got = training_set_pass(m, lambda x: {"x0": x[:, 0]}, dm)
+    assert clean.tolist() == [10, 11, 12, 13, 14] and given.tolist() == [0, 1, 2, 0, 1]
+    assert out["x0"].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0] and got is dm
+    assert given.dtype == clean.dtype == torch.long
+
+
+def test_training_set_pass_defaults_to_the_modules_own_data_source():
+    dm = _Shuffled([[1, 0]])
+    m = _Fake()
+    m.data_source = lambda: dm  # a fitted module reaches its datamodule through data_source()
+    out, _, clean, got = training_set_pass(m, lambda x: {"x0": x[:, 0]})
+    assert got is dm and clean.tolist() == [10, 11] and out["x0"].tolist() == [0.0, 1.0]
+
+
+@pytest.mark.parametrize("order", [[], [[0, 2]], [[1, 2]], [[0, 1, 5]]])
+def test_training_set_pass_refuses_an_empty_or_gapped_loader(order):
+    with pytest.raises(ValueError, match="each index 0..N-1 exactly once"):
+        training_set_pass(_Fake(), lambda x: {"x0": x[:, 0]}, _DM(order))
+
+
+def test_training_set_pass_keeps_integer_outputs_and_widens_half_precision():
+    out, *_ = training_set_pass(_Fake(), lambda x: {"half": x[:, 0].half(), "idx": x[:, 0].long(),
+                                                    "flag": x[:, 0] > 1}, _DM([[2, 0, 1]]))
+    assert out["half"].dtype == torch.float32 and out["half"].tolist() == [0.0, 1.0, 2.0]
+    assert out["idx"].dtype == torch.long and out["idx"].tolist() == [0, 1, 2]
+    assert out["flag"].dtype == torch.bool and out["flag"].tolist() == [False, False, True]
+
+
+def test_training_set_pass_restores_every_submodules_mode_even_when_outputs_fail():
+    m = _Fake().train()
+    m.frozen = nn.Linear(2, 2).eval()  # a frozen part stays in eval mode inside a training module
+    seen = []
+
+    def outputs(x):
+        seen.append((m.training, m.lin.training, m.frozen.training))
+        return {"x0": x[:, 0]}
+
+    training_set_pass(m, outputs, _DM([[0, 1]]))
+    assert seen == [(False, False, False)]
+    assert (m.training, m.lin.training, m.frozen.training) == (True, True, False)
+
+    def broken(x):
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        training_set_pass(m, broken, _DM([[0, 1]]))
+    assert (m.training, m.lin.training, m.frozen.training) == (True, True, False)
+
+
+class _Precision:
+    """A trainer's precision plugin: records that the forward ran inside its context, converts the input."""
+
+    def __init__(self):
+        self.inside = False
+        self.entered = 0
+
+    def forward_context(self):
+        plugin = self
+
+        class _Ctx:
+            def __enter__(self):
+                plugin.inside, plugin.entered = True, plugin.entered + 1
+
+            def __exit__(self, *exc):
+                plugin.inside = False
+
+        return _Ctx()
+
+    def convert_input(self, x):
+        return x.double()
+
+
+class _Attached(_Fake):
+    """The fake module attached to a trainer (LightningModule.trainer reads `_trainer`)."""
+
+    def __init__(self, plugin):
+        super().__init__()
+        self._trainer = type("Trainer", (), {"precision_plugin": plugin, "is_global_zero": True})()
+
+    @property
+    def trainer(self):
+        return self._trainer
+
+
+def test_training_set_pass_runs_under_the_trainers_precision():
+    plugin = _Precision()
+    seen = []
+    out, *_ = training_set_pass(_Attached(plugin), lambda x: seen.append((plugin.inside, x.dtype)) or {"x0": x[:, 0]},
+                                _DM([[1], [0]]))
+    assert seen == [(True, torch.float64)] * 2 and plugin.entered == 1 and not plugin.inside
+    assert out["x0"].dtype == torch.float32  # outputs widened to float32 whatever the precision
+
+
+class _Sized(list):
+    """A loader with a dataset, as a DataLoader has (its length sets whether a progress bar shows)."""
+
+    def __init__(self, batches, n):
+        super().__init__(batches)
+        self.dataset = range(n)
+
+
+def test_training_set_pass_shows_a_progress_bar_only_on_large_sets(monkeypatch, capsys):
+    from noisy_prompt.methods import selection
+
+    dm = _DM([[0, 1], [2]])
+    batches = dm.train_eval_dataloader()
+    dm.train_eval_dataloader = lambda: _Sized(batches, 3)
+    monkeypatch.setattr(selection, "PROGRESS_MIN_IMAGES", 3)
+    training_set_pass(_Fake(), lambda x: {"x0": x[:, 0]}, dm, desc="scoring 3 images")
+    assert "scoring 3 images" in capsys.readouterr().err
+    monkeypatch.setattr(selection, "PROGRESS_MIN_IMAGES", 4)
+    training_set_pass(_Fake(), lambda x: {"x0": x[:, 0]}, dm, desc="scoring 3 images")
+    assert "scoring 3 images" not in capsys.readouterr().err

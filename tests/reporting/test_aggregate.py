@@ -17,8 +17,8 @@ from noisy_prompt.reporting.cli import main
 from noisy_prompt.reporting.entries import AMBIGUOUS, FAILED, MISSING, NO_METRIC, NOT_RUN, OK
 from noisy_prompt.reporting.runs import load_runs
 from noisy_prompt.reporting.tables import TABLES, get_table, load_paper_numbers, read_paper_csv
+from paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 # Rows this project runs beside a paper's that have no paper number: ft_ce, the CE floor.
 EXTRA_ROWS = ("ft_ce",)
 

@@ -18,6 +18,7 @@ from noisy_prompt.data.base import DatasetLayoutError, open_rgb
 from noisy_prompt.data.readers import coop, fulldata
 from noisy_prompt.data.readers.templates import TEMPLATES
 from noisy_prompt.data.verify import DATASETS, LAYOUTS, main
+from paths import REPO
 
 SPLIT_CASES = {
     # name: (writer, reader, dataset dir, image dir, split file, class names after "_" -> " ")
@@ -411,7 +412,7 @@ def test_verify_as_module_writes_nothing_into_cwd(tmp_path):
     root = ft.write_dtd(tmp_path / "data")
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
         [sys.executable, "-m", "noisy_prompt.data", "verify", "data=dtd", f"paths.data_dir={root}"],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=120,

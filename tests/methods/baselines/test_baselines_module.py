@@ -4,7 +4,6 @@ trains, label_issues.csv, checkpoint content, and the presets compose with TANGO
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import lightning as L
 import pytest
@@ -27,8 +26,8 @@ from noisy_prompt.methods.baselines.dividemix import DivideMix
 from noisy_prompt.methods.baselines.ssr import LSL, SSR
 from noisy_prompt.methods.selection import LABEL_ISSUE_COLUMNS
 from noisy_prompt.noise import NoiseSpec
+from paths import CONF
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
 TINY = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 16, "head_width": 16},
