@@ -41,7 +41,7 @@ def test_factor_decreases_strictly_and_stays_in_zero_one():
 
 def test_after_max_epochs_the_factor_stays_at_zero_where_a_periodic_cosine_would_rise():
     # torch's CosineAnnealingLR climbs back after T_max; this schedule clamps at the end (LR 0), so a run
-    # longer than its schedule (the bug class of tests/test_no_silent_wrong.py) is visible as LR 0, not as a
+    # longer than its schedule (the bug class of tests/test_task.py::test_trainer_max_epochs_drives_the_lr_schedule) is visible as LR 0, not as a
     # second cycle.
     assert [warmup_cosine_factor(e, 10, LR) for e in (10, 11, 15, 20, 100)] == [pytest.approx(0.0, abs=1e-15)] * 5
 
