@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -21,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from noisy_prompt import atomic
 from noisy_prompt.data.base import ImageSplit
 
 log = logging.getLogger(__name__)
@@ -107,9 +107,7 @@ class FeatureCache:
             for i, f in zip(missing, new):
                 stored[ids[i]] = f.half() if path is not None else f
             if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".tmp{os.getpid()}")
                 keys = list(stored)
-                torch.save({"keys": keys, "feats": torch.stack([stored[k] for k in keys]).half()}, tmp)
-                os.replace(tmp, path)  # atomic: concurrent ranks/jobs never see a half-written file
+                # atomic: concurrent ranks/jobs never see a half-written file
+                atomic.torch_save({"keys": keys, "feats": torch.stack([stored[k] for k in keys]).half()}, path)
         return torch.stack([stored[k] for k in ids]).float()

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from noisy_prompt import atomic
 from noisy_prompt.data.base import ImageLoader, ImageSplit, as_loader
 
 log = logging.getLogger(__name__)
@@ -128,11 +129,8 @@ class CachedImages(ImageLoader):
         self.saved = True
         arrays = [self.memo[r] for r in range(len(self.row))]
         shapes = np.array([a.shape for a in arrays], dtype=np.int64)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.npz")
-        with open(tmp, "wb") as fh:
+        with atomic.replacing(path) as tmp, open(tmp, "wb") as fh:  # a concurrent cell never reads half a file
             np.savez(fh, shapes=shapes, pixels=np.concatenate([a.reshape(-1) for a in arrays]))
-        os.replace(tmp, path)  # atomic: a concurrent cell never reads half a file
 
     def _load(self, path: Path) -> None:
         try:
