@@ -26,6 +26,16 @@ def _tiny_v3(tmp_path, steps: int, **over) -> pretrain.PretrainConfig:
                         p_random_prefix=0.5, **over)
 
 
+def _dies_after_checkpoint(step: int, real_save):
+    """A stand-in for the checkpoint writer that writes, then interrupts the run at `step` (a kill mid-run)."""
+    def save(obj, path):
+        real_save(obj, path)
+        if obj["step"] == step:
+            raise KeyboardInterrupt
+
+    return save
+
+
 def test_merging_prefix_ascent_raises_the_class_cosine_at_token_norm():
     torch.manual_seed(0)
     import open_clip
@@ -47,12 +57,7 @@ def test_merging_prefix_ascent_raises_the_class_cosine_at_token_norm():
 @pytest.mark.slow
 def test_pretrain_resumes_after_an_interruption_with_the_scale_fixed_at_100(tmp_path, monkeypatch):
     real_save = pretrain._atomic_torch_save
-
-    def dies_after_checkpoint_2(obj, path):
-        real_save(obj, path)
-        if obj["step"] == 2:
-            raise KeyboardInterrupt
-
+    dies_after_checkpoint_2 = _dies_after_checkpoint(2, real_save)
     monkeypatch.setattr(pretrain, "_atomic_torch_save", dies_after_checkpoint_2)
     with pytest.raises(KeyboardInterrupt):
         pretrain.train(_tiny_config(tmp_path, 3), progress=False)
@@ -79,12 +84,7 @@ def test_world3_pretraining_interrupted_and_resumed_ends_with_the_same_bytes(tmp
     and resumed writes the very weights of an uninterrupted run (one thread)."""
     straight = pretrain.train(_tiny_v3(tmp_path / "a", 4, checkpoint_every=100), progress=False)
     real_save = pretrain._atomic_torch_save
-
-    def dies_after_checkpoint_2(obj, path):
-        real_save(obj, path)
-        if obj["step"] == 2:
-            raise KeyboardInterrupt
-
+    dies_after_checkpoint_2 = _dies_after_checkpoint(2, real_save)
     cfg = _tiny_v3(tmp_path / "b", 4, checkpoint_dir=str(tmp_path / "ckpt"))
     monkeypatch.setattr(pretrain, "_atomic_torch_save", dies_after_checkpoint_2)
     with pytest.raises(KeyboardInterrupt):
@@ -157,12 +157,7 @@ def test_presets_and_flags():
 def test_evaluate_checkpoint_reads_a_run_in_progress(tmp_path, monkeypatch, capsys):
     cfg = _tiny_v3(tmp_path, 3, checkpoint_dir=str(tmp_path / "ckpt"))
     real_save = pretrain._atomic_torch_save
-
-    def dies_after_checkpoint_2(obj, path):
-        real_save(obj, path)
-        if obj["step"] == 2:
-            raise KeyboardInterrupt
-
+    dies_after_checkpoint_2 = _dies_after_checkpoint(2, real_save)
     monkeypatch.setattr(pretrain, "_atomic_torch_save", dies_after_checkpoint_2)
     with pytest.raises(KeyboardInterrupt):
         pretrain.train(cfg, progress=False)
