@@ -65,12 +65,14 @@ bench-loader: install
 bench-tango: install
 	$(ENV) $(BIN)/python -m noisy_prompt.bench tango $(ARGS)
 
-# Rebuilds the built-in tiny CLIP of world 3 from its seed, on one thread (bit-for-bit; hours of CPU):
-# resumes from the committed checkpoint in pretrain_checkpoints/ and writes noisy_prompt/synthetic/weights/.
+# Rebuilds the built-in tiny CLIP of world 3 from its seed, on one thread (bit-for-bit; about 3.5 h of CPU) into
+# noisy_prompt/synthetic/weights/synthetic-clip-v3/; its resume checkpoint (every 100 steps) lies under the cache
+# dir until the run ends, so an interrupted `make pretrain` continues where it stopped.
 # ARGS="--preset synthetic-clip-v2 --checkpoint-dir DIR" rebuilds world 2's weights.
+PRETRAIN_CKPT = $${NOISY_PROMPT_CACHE:-$$HOME/.cache/noisy_prompt}/pretrain
 pretrain: install
 	$(ENV) OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m noisy_prompt.tools.pretrain \
-		--checkpoint-dir pretrain_checkpoints/synthetic-clip-v3 $(ARGS)
+		--checkpoint-dir $(PRETRAIN_CKPT)/synthetic-clip-v3 $(ARGS)
 
 # Targets T1-T10 of the synthetic world (docs/synthetic-world.md): runs sweeps/calibration.yaml (finished cells
 # are reused), then checks the records and prints the targets and the per-seed rows; ARGS=--quick for one seed,

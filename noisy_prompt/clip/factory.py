@@ -22,7 +22,7 @@ from noisy_prompt.errors import UserError
 log = logging.getLogger(__name__)
 
 # The one home of the weights shipped in the package: `builtin:<name>` is the folder of that name here
-# (the synthetic world's CLIP is `builtin:synthetic-clip`, written by `python -m noisy_prompt.synthetic.pretrain`).
+# (the synthetic world's CLIP is `builtin:synthetic-clip`, written by `python -m noisy_prompt.tools.pretrain`).
 BUILTIN_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "synthetic" / "weights"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
