@@ -116,8 +116,8 @@ WORLDS: dict[int, WorldSpec] = {
     # Smaller class shapes leave room for a companion object in a corner.
     3: WorldSpec(3, (7.0, 11.0), True, "world3", FIELD_RANGES),
 }
-# The world of the default backbone (conf/backbone/synthetic.yaml); world 3 becomes the default when its
-# pretrained weights are committed.
+# The world of the default backbone (conf/backbone/synthetic.yaml). World 3 stays a named alternative
+# (backbone=synthetic_v3): calibrated, it held fewer targets than world 2 (docs/synthetic-world.md).
 DEFAULT_WORLD = 2
 
 

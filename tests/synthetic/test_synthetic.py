@@ -222,16 +222,20 @@ def test_committed_weights_load_with_logit_scale_at_least_80(committed_clip):
     assert float(model.logit_scale.exp()) >= 80.0
 
 
-def test_committed_weights_are_a_small_fp16_local_dir():
+def _assert_small_fp16_weights(folder, max_mb: int) -> None:
     from safetensors import safe_open
 
-    path = SYNTHETIC_CLIP_DIR / "open_clip_model.safetensors"
-    assert path.stat().st_size <= 20 * 2**20
+    path = folder / "open_clip_model.safetensors"
+    assert path.stat().st_size <= max_mb * 2**20
+    with safe_open(str(path), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+
+
+def test_committed_weights_are_a_small_fp16_local_dir():
+    _assert_small_fp16_weights(SYNTHETIC_CLIP_DIR, max_mb=20)
     # Every committed world's weights together (v1: the start of v2; v2: world 2; v3: world 3).
     total = sum(p.stat().st_size for p in SYNTHETIC_CLIP_DIR.parent.rglob("*") if p.is_file())
     assert total <= 70 * 2**20
-    with safe_open(str(path), "pt") as f:
-        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
     cfg = json.loads((SYNTHETIC_CLIP_DIR / "open_clip_config.json").read_text())
     assert cfg["preprocess_cfg"]["size"] == 32 and cfg["model_cfg"] == pretrain.MODEL_CFG
     metrics = json.loads((SYNTHETIC_CLIP_DIR / "metrics.json").read_text())
@@ -240,13 +244,8 @@ def test_committed_weights_are_a_small_fp16_local_dir():
 
 def test_world3_weights_are_a_small_fp16_local_dir_that_loads_at_scale_100():
     """World 3's tiny CLIP: the 256-wide text tower of its preset, fp16, CLIP's temperature (T1)."""
-    from safetensors import safe_open
-
     folder = SYNTHETIC_CLIP_DIR.parent / "synthetic-clip-v3"
-    path = folder / "open_clip_model.safetensors"
-    assert path.stat().st_size <= 40 * 2**20
-    with safe_open(str(path), "pt") as f:
-        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    _assert_small_fp16_weights(folder, max_mb=40)
     cfg = json.loads((folder / "open_clip_config.json").read_text())
     assert cfg["model_cfg"] == pretrain.MODEL_CFG_V3
     settings = json.loads((folder / "train_config.json").read_text())
