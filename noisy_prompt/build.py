@@ -96,6 +96,26 @@ def data_digest_of(cfg: DictConfig, label_files: dict[str, str] | None = None) -
     return data_digest(name, cfg.data.get("data_dir"), **kwargs)
 
 
+def record_staleness(record: dict[str, Any]) -> list[str]:
+    """Why a run record (a results.json) cannot stand for its own config today: one line per digest that
+    its backbone or dataset now has and the record lacks or holds with another value (cell.digest_mismatches);
+    a line when the weights or data cannot be read to check; empty when the record is current. Datasets
+    that publish no digest and open_clip tags are not checked (nothing to check against), as in a run."""
+    from noisy_prompt.cell import digest_mismatches
+    from noisy_prompt.clip.factory import weights_digest
+
+    config = record.get("config") or {}
+    backbone, data = config.get("backbone") or {}, config.get("data") or {}
+    if not backbone.get("model") or not (data.get("reader") or data.get("name")):
+        return ["its config names no backbone model or dataset, so its digests cannot be checked"]
+    try:
+        now = {"weights_digest": weights_digest(str(backbone["model"]), backbone.get("pretrained")),
+               "data_digest": data_digest_of(OmegaConf.create({"data": data}))}
+    except Exception as err:  # the weights or data are gone: the record cannot be checked against them
+        return [f"its weights or data cannot be read now ({type(err).__name__}: {err})"]
+    return digest_mismatches(record, now)
+
+
 def build_module(cfg: DictConfig, dm, clip_bundle=None, max_epochs: int | None = None):
     kwargs = ctor_kwargs(cfg, "model")
     target = kwargs.pop("_target_")

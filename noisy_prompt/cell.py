@@ -21,7 +21,6 @@ import errno
 import fcntl
 import hashlib
 import json
-import logging
 import os
 import re
 import socket
@@ -34,7 +33,6 @@ from typing import Any, Iterator, Mapping, Sequence
 from noisy_prompt.atomic import replacing
 from noisy_prompt.errors import UserError
 
-log = logging.getLogger(__name__)
 
 RESULTS = "results.json"
 FAILED = "failed.json"
@@ -350,24 +348,38 @@ def changed_label_files(old: Mapping[str, str] | None, new: Mapping[str, str] | 
             for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
 
-def check_digests(path: Path, stored: Mapping[str, Any], digests: Mapping[str, str | None], redo: str,
-                  label_files: Mapping[str, str] | None = None) -> None:
-    """Raise StaleCellError when `stored` (a record read from `path`) was made with other weights or
-    dataset content than `digests` (DIGEST_WHAT's keys), each checked when both sides have one; warn
-    when the record predates a digest this run has. `redo` says what force=true does there. With this
-    run's `label_files` (and the record's), the message names each label file that changed."""
+def digest_mismatches(stored: Mapping[str, Any], digests: Mapping[str, str | None],
+                      label_files: Mapping[str, str] | None = None) -> list[str]:
+    """Why a record (`stored`) cannot stand for a run with `digests` (DIGEST_WHAT's keys): one line per
+    digest the run has that the record lacks (made before it was recorded, so it cannot be checked) or
+    holds with another value; empty when it can. A digest the run does not have (None: e.g. real data
+    that publishes none) is not checked. With both sides' `label_files`, a changed one is named."""
+    lines = []
     for key, now in digests.items():
+        if now is None:
+            continue
         what, same, example = DIGEST_WHAT[key]
         old = stored.get(key)
-        if now is not None and old is not None and old != now:
+        if old is None:
+            lines.append(f"predates {key}: it cannot be checked against this run's {what} {now}")
+        elif old != now:
             files = changed_label_files(stored.get("label_files"), label_files) if key == "data_digest" else []
-            raise StaleCellError(
-                f"{path} was made with other {what} ({key} {old}, this run {now}; {same} and the rest "
-                f"of the config are the same, e.g. {example})"
-                + "".join(f"\n  {line}" for line in files)
-                + f"\nRerun with force=true to {redo}, or pick another sweep=NAME to keep both.")
-        if now is not None and old is None:
-            log.warning("%s predates %s: reused without checking that it used this run's %s", path, key, what)
+            lines.append(f"was made with other {what} ({key} {old}, this run {now}; {same} and the rest of "
+                         f"the config are the same, e.g. {example})" + "".join(f"\n  {line}" for line in files))
+    return lines
+
+
+def check_digests(path: Path, stored: Mapping[str, Any], digests: Mapping[str, str | None], redo: str,
+                  label_files: Mapping[str, str] | None = None) -> None:
+    """Raise StaleCellError when `stored` (a record read from `path`) cannot stand for this run: made
+    with other weights or dataset content than `digests`, or before a digest this run has was recorded
+    (digest_mismatches). A record that cannot be checked is refused too, never reused with a warning:
+    a number from unknown weights would otherwise sit beside fresh ones. `redo` says what force=true
+    does there."""
+    lines = digest_mismatches(stored, digests, label_files)
+    if lines:
+        raise StaleCellError(f"{path} " + "; it ".join(lines)
+                             + f"\nRerun with force=true to {redo}, or pick another sweep=NAME to keep both.")
 
 
 def finished_result(run_dir: Path, config_hash: str, config: Mapping[str, Any] | None = None,
@@ -377,8 +389,8 @@ def finished_result(run_dir: Path, config_hash: str, config: Mapping[str, Any] |
 
     Raises StaleCellError when the dir holds a result of another configuration (the preset changed
     since), of other weights under the same backbone name (`weights_digest`) or of other content
-    under the same dataset name (`data_digest`), each checked when both sides have one: never hand
-    back a number that this configuration did not produce.
+    under the same dataset name (`data_digest`), and when the record predates a digest this run has
+    (check_digests): never hand back a number that this configuration did not produce.
     """
     path = Path(run_dir) / RESULTS
     if not path.is_file():

@@ -61,7 +61,7 @@ def test_a_finished_cell_is_reused_only_by_its_own_config(tmp_path):
     assert finished_result(tmp_path / "none", config_hash(a)) is None
 
 
-def test_a_finished_cell_made_with_other_weights_is_not_reused(tmp_path, caplog):
+def test_a_finished_cell_made_with_other_weights_is_not_reused(tmp_path):
     a = _compose(["model=coop", "noise=sym50"], hydra_node=False)
     record = {"status": "ok", "cell": CellId.from_config(a).to_record(), "metrics": {"test/acc": 58.18},
               "config_hash": config_hash(a), "config": result_config(a), "weights_digest": "0123456789abcdef"}
@@ -72,15 +72,17 @@ def test_a_finished_cell_made_with_other_weights_is_not_reused(tmp_path, caplog)
         finished_result(tmp_path, config_hash(a), result_config(a), weights_digest="fedcba9876543210")
     assert "other backbone weights" in str(err.value) and "0123456789abcdef" in str(err.value)
     assert "fedcba9876543210" in str(err.value) and "force=true" in str(err.value)
-    # a record from before digests were kept is reused, with a warning that it could not be checked
+    # a record from before digests were kept cannot be checked: refused too, not reused with a warning
     del record["weights_digest"]
     write_json(tmp_path / "results.json", record)
-    with caplog.at_level("WARNING", logger="noisy_prompt.cell"):
-        assert finished_result(tmp_path, config_hash(a), result_config(a), weights_digest="fedcba9876543210")
-    assert "predates weights_digest" in caplog.text
+    with pytest.raises(StaleCellError) as err:
+        finished_result(tmp_path, config_hash(a), result_config(a), weights_digest="fedcba9876543210")
+    assert "predates weights_digest" in str(err.value) and "force=true" in str(err.value)
+    # ... unless this run has no digest to check it against (an open_clip tag)
+    assert finished_result(tmp_path, config_hash(a), result_config(a), weights_digest=None)
 
 
-def test_a_finished_cell_of_other_dataset_content_is_not_reused(tmp_path, caplog):
+def test_a_finished_cell_of_other_dataset_content_is_not_reused(tmp_path):
     a = _compose(["model=coop", "noise=sym50"], hydra_node=False)
     record = {"status": "ok", "cell": CellId.from_config(a).to_record(), "metrics": {"test/acc": 58.18},
               "config_hash": config_hash(a), "config": result_config(a), "weights_digest": "0123456789abcdef",
@@ -94,13 +96,13 @@ def test_a_finished_cell_of_other_dataset_content_is_not_reused(tmp_path, caplog
                         data_digest="bbbbbbbbbbbbbbbb")
     assert "other dataset content" in str(err.value) and "aaaaaaaaaaaaaaaa" in str(err.value)
     assert "bbbbbbbbbbbbbbbb" in str(err.value) and "force=true" in str(err.value)
-    # a dataset that publishes no digest (real data on disk) is not checked; an old record is, with a warning
+    # a dataset that publishes no digest (real data on disk) is not checked; an old record is, and refused
     assert finished_result(tmp_path, config_hash(a), result_config(a), data_digest=None)
     del record["data_digest"]
     write_json(tmp_path / "results.json", record)
-    with caplog.at_level("WARNING", logger="noisy_prompt.cell"):
-        assert finished_result(tmp_path, config_hash(a), result_config(a), data_digest="bbbbbbbbbbbbbbbb")
-    assert "predates data_digest" in caplog.text
+    with pytest.raises(StaleCellError) as err:
+        finished_result(tmp_path, config_hash(a), result_config(a), data_digest="bbbbbbbbbbbbbbbb")
+    assert "predates data_digest" in str(err.value) and "bbbbbbbbbbbbbbbb" in str(err.value)
 
 
 def test_one_process_per_cell_dir(tmp_path):

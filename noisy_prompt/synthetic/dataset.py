@@ -51,15 +51,26 @@ class SyntheticImageLoader(ImageLoader):
 def world_digest() -> str:
     """sha256 (16 hex) of the source of the modules that decide the images, labels and class
     descriptions. Each image's feature-cache identity and each run's record (`data_digest`) carry it, so a world
-    edited in place is never answered with features or results of the world before the edit. Any
-    byte counts, comments too: a needless recompute is cheap, a stale number is not."""
+    edited in place is never answered with features or results of the world before the edit. Every line
+    of code counts, docstrings and trailing comments too: a needless recompute is cheap, a stale number is
+    not. Whole-line comments and blank lines do not (code_lines): rewording a comment must not turn
+    hours of committed evidence stale."""
     return sources_digest(Path(__file__).parent)
+
+
+def code_lines(text: str) -> str:
+    """`text` without its whole-line comments and blank lines, each kept line without trailing blanks.
+    (A line inside a multi-line string that starts with `#` would be dropped too; these modules have
+    none, and a test pins that.)"""
+    return "\n".join(line.rstrip() for line in text.splitlines()
+                     if line.strip() and not line.lstrip().startswith("#"))
 
 
 def sources_digest(folder: Path, names: tuple[str, ...] = _WORLD_SOURCES) -> str:
     h = hashlib.sha256()
     for name in names:
-        h.update(name.encode() + b"\0" + (Path(folder) / name).read_bytes() + b"\0")
+        code = code_lines((Path(folder) / name).read_text(encoding="utf-8"))
+        h.update(name.encode() + b"\0" + code.encode() + b"\0")
     return h.hexdigest()[:16]
 
 

@@ -238,27 +238,14 @@ def _payload(path: Path) -> dict[str, Any]:
         return {}
 
 
-def _stale_weights(payload: Mapping[str, Any]) -> str | None:
-    """Why a record was made with weights other than the ones its backbone names now (None: same)."""
-    from noisy_prompt.clip.factory import weights_digest
-
-    backbone = (payload.get("config") or {}).get("backbone") or {}
-    stored = payload.get("weights_digest")
-    if not backbone.get("model") or stored is None:
-        return None
-    try:
-        now = weights_digest(str(backbone["model"]), backbone.get("pretrained"))
-    except Exception as err:  # the weights are gone: the record cannot be checked against them
-        return f"its weights cannot be read now ({type(err).__name__}: {err})"
-    return None if now is None or now == stored else f"made with weights {stored[:10]}, the backbone's are now {now[:10]}"
-
-
 def select_runs(root: str | Path, backbone: str = "synthetic", extra: Sequence[str] = (),
                 seeds: Sequence[int] | None = None) -> tuple[dict[str, Any], list[str]]:
     """({role: record}, notes) of the calibration's runs under `root`: roles 'zs', 'zs_shift' and
     (model, noise, seed) for coop / ptnl / ft_ce. A run belongs when its backbone is `backbone`, its
     settings are exactly those of `extra` (plus the shift template for 'zs_shift') and its weights are
-    the ones its backbone names now; failed, stale and foreign runs are listed in the notes."""
+    the ones its backbone names now, on the data its dataset holds now (build.record_staleness); failed, stale
+    and foreign runs are listed in the notes."""
+    from noisy_prompt.build import record_staleness
     from noisy_prompt.reporting.aggregate import load_runs
     from noisy_prompt.synthetic.captions import SHIFT_TEMPLATE
 
@@ -280,9 +267,10 @@ def select_runs(root: str | Path, backbone: str = "synthetic", extra: Sequence[s
             notes.append(f"failed: {key.label()} seed {rec.seed}: {rec.error} ({rec.path})")
             continue
         payload = _payload(rec.path)
-        stale = _stale_weights(payload)
+        stale = record_staleness(payload)
         if stale:
-            notes.append(f"stale, not read: {key.label()} seed {rec.seed}: {stale} ({rec.path}); rerun the calibration")
+            notes.append(f"stale, not read: {key.label()} seed {rec.seed}: {'; '.join(stale)} ({rec.path}); "
+                         "rerun the calibration")
             continue
         if key.model == "zeroshot" and key.data == "synthetic" and key.noise == "clean":
             if shift is None:

@@ -48,3 +48,31 @@ def test_the_worlds_digest_follows_its_code_and_keys_the_feature_cache(tmp_path)
     assert data_digest("cifar100") is None  # real data on disk publishes none
     with pytest.raises(KeyError, match="unknown dataset"):
         data_digest("no_such_dataset")
+
+
+def test_the_worlds_digest_ignores_whole_line_comments_and_blank_lines_only(tmp_path):
+    import io
+    import tokenize
+
+    from noisy_prompt.synthetic import dataset as syn
+
+    here = Path(syn.__file__).parent
+    for name in syn._WORLD_SOURCES:
+        (tmp_path / name).write_bytes((here / name).read_bytes())
+    world = tmp_path / "world.py"
+    text = world.read_text()
+    # a reworded comment and an extra blank line: the world is the same, so is its digest
+    world.write_text("# a new comment\n\n" + text.replace("\n# ", "\n    # reworded: ", 1))
+    assert syn.sources_digest(tmp_path) == syn.world_digest()
+    # a trailing comment and a docstring edit count (the line holds code), as does any code edit
+    world.write_text(text.replace("\nDEFAULT_WORLD = 2\n", "\nDEFAULT_WORLD = 2  # why\n"))
+    assert syn.sources_digest(tmp_path) != syn.world_digest()
+    world.write_text(text.replace("\nDEFAULT_WORLD = 2\n", "\nDEFAULT_WORLD  = 2\n"))
+    assert syn.sources_digest(tmp_path) != syn.world_digest()
+    # no line inside a string of these modules starts with `#` (code_lines would drop it)
+    for name in syn._WORLD_SOURCES:
+        source = (here / name).read_text()
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type == tokenize.STRING:
+                inner = tok.string.splitlines()[1:]
+                assert not any(line.lstrip().startswith("#") for line in inner), (name, tok.start)
