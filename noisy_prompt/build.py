@@ -96,11 +96,12 @@ def data_digest_of(cfg: DictConfig, label_files: dict[str, str] | None = None) -
     return data_digest(name, cfg.data.get("data_dir"), **kwargs)
 
 
-def record_staleness(record: dict[str, Any]) -> list[str]:
+def record_staleness(record: dict[str, Any], cache: dict | None = None) -> list[str]:
     """Why a run record (a results.json) cannot stand for its own config today: one line per digest that
     its backbone or dataset now has and the record lacks or holds with another value (cell.digest_mismatches);
     a line when the weights or data cannot be read to check; empty when the record is current. Datasets
-    that publish no digest and open_clip tags are not checked (nothing to check against), as in a run."""
+    that publish no digest and open_clip tags are not checked (nothing to check against), as in a run.
+    `cache` (a dict the caller keeps for one pass over many records) saves rehashing the same weights."""
     from noisy_prompt.cell import digest_mismatches
     from noisy_prompt.clip.factory import weights_digest
 
@@ -109,8 +110,11 @@ def record_staleness(record: dict[str, Any]) -> list[str]:
     if not backbone.get("model") or not (data.get("reader") or data.get("name")):
         return ["its config names no backbone model or dataset, so its digests cannot be checked"]
     try:
-        now = {"weights_digest": weights_digest(str(backbone["model"]), backbone.get("pretrained")),
-               "data_digest": data_digest_of(OmegaConf.create({"data": data}))}
+        cache = {} if cache is None else cache
+        wkey = ("weights", str(backbone["model"]), backbone.get("pretrained"))
+        if wkey not in cache:
+            cache[wkey] = weights_digest(str(backbone["model"]), backbone.get("pretrained"))
+        now = {"weights_digest": cache[wkey], "data_digest": data_digest_of(OmegaConf.create({"data": data}))}
     except Exception as err:  # the weights or data are gone: the record cannot be checked against them
         return [f"its weights or data cannot be read now ({type(err).__name__}: {err})"]
     return digest_mismatches(record, now)

@@ -12,6 +12,15 @@ that figure (skipped by `--check` and `--no-figures`); a figure whose table is n
 `<!-- figure: ARGS -->` beside its image. `--check` rewrites nothing and exits 1 when a
 block differs from what the command prints now, so a table from an older state of the code or records
 cannot stay on the page unnoticed (a fast test runs it).
+
+Every record behind a block or figure must also be current: made with the weights and data its config
+names now (`build.record_staleness`: both digests recorded and equal to today's). A folder with a stale
+record stops both commands, naming the records, unless the page marks it
+
+    <!-- rerun pending: evidence/FOLDER -->
+
+beside prose that says so; a mark on a folder whose records are all current stops them too, so the
+mark is removed when the rerun lands.
 """
 from __future__ import annotations
 
@@ -31,6 +40,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 BLOCK = re.compile(r"(<!-- aggregate: (?P<args>.*?) -->\n)(?P<body>.*?)(<!-- /aggregate -->)", re.S)
 # A figure is drawn by an aggregate command with --plot; the page shows the image, not the output.
 FIGURE = re.compile(r"<!-- figure: (?P<args>.*?) -->")
+PENDING = re.compile(r"<!-- rerun pending: (?P<folder>\S+) -->")
 
 
 @dataclass(frozen=True)
@@ -94,6 +104,50 @@ def regenerate(page: str, root: Path = REPO_ROOT, figures: bool = False) -> tupl
     return "".join(pieces), changed
 
 
+def folders(page: str) -> list[str]:
+    """The run folders (relative to the repository root) that the page's tables and figures read."""
+    args = [b.args for b in blocks(page)] + [m.group("args") for m in FIGURE.finditer(page)]
+    return list(dict.fromkeys(shlex.split(a)[0] for a in args if a and not a.startswith("-")))
+
+
+def stale_records(folder: Path) -> list[str]:
+    """'PATH: why' for each successful run record under `folder` (reused.txt listings included) that
+    cannot stand for its config today (build.record_staleness)."""
+    import json
+
+    from noisy_prompt.build import record_staleness
+    from noisy_prompt.reporting.runs import load_runs
+
+    cache: dict = {}
+    out = []
+    for run in load_runs(folder).runs:
+        if not run.ok:
+            continue
+        why = record_staleness(json.loads(Path(run.path).read_text(encoding="utf-8")), cache)
+        if why:
+            out.append(f"{run.path}: {'; '.join(why)}")
+    return out
+
+
+def currency_problems(page: str, root: Path = REPO_ROOT) -> list[str]:
+    """What keeps the page's records from standing for the committed code, weights and data: a folder
+    with stale records that the page does not mark `rerun pending`, or a marked folder with none."""
+    pending = {m.group("folder") for m in PENDING.finditer(page)}
+    problems = []
+    for folder in folders(page):
+        stale = stale_records(root / folder)
+        if stale and folder not in pending:
+            problems.append(f"{folder}: {len(stale)} record(s) not made with the weights and data their config names "
+                            f"now; rerun them (force=true), or mark the folder `<!-- rerun pending: {folder} -->` "
+                            "where the page says why:\n  " + "\n  ".join(stale[:5])
+                            + (f"\n  ... and {len(stale) - 5} more" if len(stale) > 5 else ""))
+        elif folder in pending and not stale:
+            problems.append(f"{folder}: every record is current; remove its `<!-- rerun pending: {folder} -->` mark "
+                            "(and the prose beside it)")
+    problems += [f"{f}: marked `rerun pending` but no table or figure reads it" for f in sorted(pending - set(folders(page)))]
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m noisy_prompt.reporting.evidence", description=__doc__.split("\n\n")[0])
     p.add_argument("--page", type=Path, default=REPO_ROOT / "evidence" / "README.md")
@@ -108,12 +162,20 @@ def main(argv: list[str] | None = None) -> int:
     if not found:
         print(f"error: {a.page} has no `<!-- aggregate: ... -->` block", file=sys.stderr)
         return 2
-    new, changed = regenerate(page, a.page.resolve().parents[1], figures=not (a.check or a.no_figures))
+    root = a.page.resolve().parents[1]
+    problems = currency_problems(page, root)
+    for problem in problems:
+        print(f"stale: {problem}", file=sys.stderr)
+    new, changed = regenerate(page, root, figures=not (a.check or a.no_figures))
     for c in changed:
         print(f"{'out of date' if a.check else 'updated'}: aggregate {c}")
     if a.check:
-        print(f"{len(found) - len(changed)} of {len(found)} tables up to date")
-        return 1 if changed else 0
+        print(f"{len(found) - len(changed)} of {len(found)} tables up to date; "
+              f"{len(problems)} folder(s) with stale records or a stale mark")
+        return 1 if changed or problems else 0
+    if problems:
+        print(f"error: {a.page} not rewritten: its records are not all current (above)", file=sys.stderr)
+        return 1
     if new != page:
         a.page.write_text(new, encoding="utf-8")
     print(f"{len(found)} tables regenerated ({len(changed)} changed) in {a.page}")

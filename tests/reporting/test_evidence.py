@@ -39,3 +39,57 @@ def test_argv_drops_plot_without_figures():
     assert argv == ["/r/evidence/x", "--table", "t"]
     argv = evidence._argv("evidence/x --table t --plot evidence/figures/a.png --plot-rows a,b", Path("/r"), True)
     assert argv == ["/r/evidence/x", "--table", "t", "--plot", "/r/evidence/figures/a.png", "--plot-rows", "a,b"]
+
+
+def test_committed_evidence_records_are_current_or_marked_rerun_pending():
+    assert evidence.currency_problems(PAGE.read_text(encoding="utf-8"), ROOT) == []
+
+
+def _current_record(path: Path) -> dict:
+    """A committed zero-shot record given today's digests (as a run at this commit writes them)."""
+    import json
+
+    from noisy_prompt.build import data_digest_of
+    from noisy_prompt.clip.factory import weights_digest
+    from omegaconf import OmegaConf
+
+    record = json.loads(path.read_text(encoding="utf-8"))
+    backbone = record["config"]["backbone"]
+    record["weights_digest"] = weights_digest(backbone["model"], backbone.get("pretrained"))
+    record["data_digest"] = data_digest_of(OmegaConf.create({"data": record["config"]["data"]}))
+    return record
+
+
+def test_a_stale_record_stops_the_page_unless_its_folder_is_marked(tmp_path):
+    import json
+    import shutil
+
+    src = next((ROOT / "evidence" / "synthetic_readings_dpsep" / "zeroshot").rglob("results.json"))
+    folder = tmp_path / "evidence" / "runs"
+    dst = folder / src.relative_to(ROOT / "evidence" / "synthetic_readings_dpsep")
+    dst.parent.mkdir(parents=True)
+    record = _current_record(src)
+    dst.write_text(json.dumps(record), encoding="utf-8")
+    page = "<!-- aggregate: evidence/runs --table synthetic_readings_dpsep -->\n<!-- /aggregate -->\n"
+    assert evidence.stale_records(folder) == [] and evidence.currency_problems(page, tmp_path) == []
+    # current records under a `rerun pending` mark: the mark must go
+    marked = "<!-- rerun pending: evidence/runs -->\n" + page
+    assert "remove its" in evidence.currency_problems(marked, tmp_path)[0]
+    # a record made before the weights digest was kept cannot be checked: stale, named with its path
+    del record["weights_digest"]
+    dst.write_text(json.dumps(record), encoding="utf-8")
+    (stale,) = evidence.stale_records(folder)
+    assert str(dst) in stale and "predates weights_digest" in stale
+    (problem,) = evidence.currency_problems(page, tmp_path)
+    assert problem.startswith("evidence/runs: 1 record(s)") and "rerun pending" in problem
+    assert evidence.currency_problems(marked, tmp_path) == []
+    # ... and so is one of other world content (the dataset's digest differs)
+    record["weights_digest"], record["data_digest"] = _current_record(src)["weights_digest"], "0" * 16
+    dst.write_text(json.dumps(record), encoding="utf-8")
+    assert "other dataset content" in evidence.stale_records(folder)[0]
+    # the commands refuse the page: --check fails, and the page is not rewritten
+    (tmp_path / "evidence" / "README.md").write_text(page, encoding="utf-8")
+    assert evidence.main(["--page", str(tmp_path / "evidence" / "README.md"), "--check"]) == 1
+    assert evidence.main(["--page", str(tmp_path / "evidence" / "README.md"), "--no-figures"]) == 1
+    assert (tmp_path / "evidence" / "README.md").read_text(encoding="utf-8") == page
+    shutil.rmtree(folder)
