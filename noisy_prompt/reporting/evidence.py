@@ -21,6 +21,11 @@ record stops both commands, naming the records, unless the page marks it
 
 beside prose that says so; a mark on a folder whose records are all current stops them too, so the
 mark is removed when the rerun lands.
+
+`--adopt RUNS` brings a rerun in: every successful `results.json` under a sweep's run folder RUNS
+(`$NOISY_PROMPT_LOGS/<sweep>`) is copied to the same relative path under `evidence/<sweep>/`, replacing
+its twin, and how each cell's test accuracy moved is printed. It copies nothing unless every record
+there is current and made from a clean checkout (no `-dirty` commit); without `--apply` it only prints.
 """
 from __future__ import annotations
 
@@ -148,12 +153,71 @@ def currency_problems(page: str, root: Path = REPO_ROOT) -> list[str]:
     return problems
 
 
+def adopt(runs: Path, target: Path, apply: bool = False) -> tuple[list[str], list[str]]:
+    """(lines, problems) of copying the successful records under `runs` into `target` (see the module
+    doc). Nothing is copied when there is a problem: a stale record, one from a dirty checkout, or none."""
+    import json
+    import shutil
+
+    from noisy_prompt.build import record_staleness
+
+    paths = sorted(runs.rglob("results.json"))
+    lines, problems, copies = [], [], []
+    cache: dict = {}
+    for path in paths:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if record.get("status") != "ok":
+            continue
+        rel = path.relative_to(runs)
+        why = record_staleness(record, cache)
+        if str(record.get("git_rev", "")).endswith("-dirty") or not record.get("git_rev"):
+            why.append(f"made from a checkout with uncommitted changes or no commit ({record.get('git_rev')!r})")
+        if why:
+            problems.append(f"{path}: {'; '.join(why)}")
+            continue
+        dst = target / rel
+        new = (record.get("metrics") or {}).get("test/acc")
+        if dst.is_file():
+            old = (json.loads(dst.read_text(encoding="utf-8")).get("metrics") or {}).get("test/acc")
+            moved = "same" if old == new else f"{old} -> {new}"
+            lines.append(f"replace {rel}: test/acc {moved}")
+        else:
+            lines.append(f"new     {rel}: test/acc {new}")
+        copies.append((path, dst))
+    if not copies and not problems:
+        problems.append(f"{runs}: no successful results.json to adopt")
+    if apply and not problems:
+        for src, dst in copies:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+    return lines, problems
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m noisy_prompt.reporting.evidence", description=__doc__.split("\n\n")[0])
     p.add_argument("--page", type=Path, default=REPO_ROOT / "evidence" / "README.md")
     p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a table is out of date")
     p.add_argument("--no-figures", action="store_true", help="do not redraw the figures")
+    p.add_argument("--adopt", type=Path, metavar="RUNS",
+                   help="copy a sweep's fresh records ($NOISY_PROMPT_LOGS/<sweep>) into evidence/<sweep>/ (see --apply)")
+    p.add_argument("--apply", action="store_true", help="with --adopt: copy (else only print what would change)")
     a = p.parse_args(argv)
+    if a.adopt is not None:
+        if not a.adopt.is_dir():
+            print(f"error: --adopt {a.adopt}: not a folder (a sweep's run folder, $NOISY_PROMPT_LOGS/<sweep>)",
+                  file=sys.stderr)
+            return 2
+        target = a.page.resolve().parent / a.adopt.resolve().name
+        lines, problems = adopt(a.adopt, target, a.apply)
+        for line in lines:
+            print(line)
+        for problem in problems:
+            print(f"not adopted: {problem}", file=sys.stderr)
+        if problems:
+            print(f"error: nothing copied into {target}: {len(problems)} problem(s) above", file=sys.stderr)
+            return 1
+        print(f"{len(lines)} record(s) {'copied into' if a.apply else 'would be copied into (rerun with --apply)'} {target}")
+        return 0
     if not a.page.is_file():
         print(f"error: {a.page} not found (run from a clone of the repository)", file=sys.stderr)
         return 2

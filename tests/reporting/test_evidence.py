@@ -93,3 +93,35 @@ def test_a_stale_record_stops_the_page_unless_its_folder_is_marked(tmp_path):
     assert evidence.main(["--page", str(tmp_path / "evidence" / "README.md"), "--no-figures"]) == 1
     assert (tmp_path / "evidence" / "README.md").read_text(encoding="utf-8") == page
     shutil.rmtree(folder)
+
+
+def test_adopt_copies_a_reruns_records_only_when_all_are_current_and_clean(tmp_path):
+    import json
+
+    src = next((ROOT / "evidence" / "synthetic_readings_dpsep" / "zeroshot").rglob("results.json"))
+    rel = src.relative_to(ROOT / "evidence" / "synthetic_readings_dpsep")
+    runs, target = tmp_path / "logs" / "sweepx", tmp_path / "evidence" / "sweepx"
+    record = _current_record(src)
+    record["git_rev"], record["metrics"]["test/acc"] = "abc123-dirty", 12.5
+    (runs / rel).parent.mkdir(parents=True)
+    (runs / rel).write_text(json.dumps(record), encoding="utf-8")
+    (target / rel).parent.mkdir(parents=True)
+    (target / rel).write_text(src.read_text(encoding="utf-8"), encoding="utf-8")
+    old_acc = json.loads(src.read_text(encoding="utf-8"))["metrics"]["test/acc"]
+    # a record from a checkout with uncommitted changes: refused, nothing copied even with --apply
+    page = tmp_path / "evidence" / "README.md"
+    assert evidence.main(["--page", str(page), "--adopt", str(runs), "--apply"]) == 1
+    assert json.loads((target / rel).read_text())["metrics"]["test/acc"] == old_acc
+    # clean and current: printed without --apply, copied with it, the move of test/acc named
+    record["git_rev"] = "abc123"
+    (runs / rel).write_text(json.dumps(record), encoding="utf-8")
+    lines, problems = evidence.adopt(runs, target)
+    assert problems == [] and lines == [f"replace {rel}: test/acc {old_acc} -> 12.5"]
+    assert json.loads((target / rel).read_text())["metrics"]["test/acc"] == old_acc
+    assert evidence.main(["--page", str(page), "--adopt", str(runs), "--apply"]) == 0
+    assert json.loads((target / rel).read_text())["metrics"]["test/acc"] == 12.5
+    # a stale one (no weights digest) stops it again
+    del record["weights_digest"]
+    (runs / rel).write_text(json.dumps(record), encoding="utf-8")
+    lines, problems = evidence.adopt(runs, target, apply=True)
+    assert len(problems) == 1 and "predates weights_digest" in problems[0]
