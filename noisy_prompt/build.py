@@ -111,7 +111,7 @@ def record_staleness(record: dict[str, Any], cache: dict | None = None) -> list[
         return ["its config names no backbone model or dataset, so its digests cannot be checked"]
     try:
         cache = {} if cache is None else cache
-        wkey = ("weights", str(backbone["model"]), backbone.get("pretrained"))
+        wkey = (str(backbone["model"]), backbone.get("pretrained"))
         if wkey not in cache:
             cache[wkey] = weights_digest(str(backbone["model"]), backbone.get("pretrained"))
         now = {"weights_digest": cache[wkey], "data_digest": data_digest_of(OmegaConf.create({"data": data}))}

@@ -118,9 +118,8 @@ def folders(page: str) -> list[str]:
 def stale_records(folder: Path) -> list[str]:
     """'PATH: why' for each successful run record under `folder` (reused.txt listings included) that
     cannot stand for its config today (build.record_staleness)."""
-    import json
-
     from noisy_prompt.build import record_staleness
+    from noisy_prompt.cell import read_json
     from noisy_prompt.reporting.runs import load_runs
 
     cache: dict = {}
@@ -128,7 +127,7 @@ def stale_records(folder: Path) -> list[str]:
     for run in load_runs(folder).runs:
         if not run.ok:
             continue
-        why = record_staleness(json.loads(Path(run.path).read_text(encoding="utf-8")), cache)
+        why = record_staleness(read_json(Path(run.path)), cache)
         if why:
             out.append(f"{run.path}: {'; '.join(why)}")
     return out
@@ -138,8 +137,9 @@ def currency_problems(page: str, root: Path = REPO_ROOT) -> list[str]:
     """What keeps the page's records from standing for the committed code, weights and data: a folder
     with stale records that the page does not mark `rerun pending`, or a marked folder with none."""
     pending = {m.group("folder") for m in PENDING.finditer(page)}
+    read = folders(page)
     problems = []
-    for folder in folders(page):
+    for folder in read:
         stale = stale_records(root / folder)
         if stale and folder not in pending:
             problems.append(f"{folder}: {len(stale)} record(s) not made with the weights and data their config names "
@@ -149,23 +149,22 @@ def currency_problems(page: str, root: Path = REPO_ROOT) -> list[str]:
         elif folder in pending and not stale:
             problems.append(f"{folder}: every record is current; remove its `<!-- rerun pending: {folder} -->` mark "
                             "(and the prose beside it)")
-    problems += [f"{f}: marked `rerun pending` but no table or figure reads it" for f in sorted(pending - set(folders(page)))]
+    problems += [f"{f}: marked `rerun pending` but no table or figure reads it" for f in sorted(pending - set(read))]
     return problems
 
 
 def adopt(runs: Path, target: Path, apply: bool = False) -> tuple[list[str], list[str]]:
     """(lines, problems) of copying the successful records under `runs` into `target` (see the module
     doc). Nothing is copied when there is a problem: a stale record, one from a dirty checkout, or none."""
-    import json
     import shutil
 
     from noisy_prompt.build import record_staleness
+    from noisy_prompt.cell import RESULTS, read_json
 
-    paths = sorted(runs.rglob("results.json"))
     lines, problems, copies = [], [], []
     cache: dict = {}
-    for path in paths:
-        record = json.loads(path.read_text(encoding="utf-8"))
+    for path in sorted(runs.rglob(RESULTS)):
+        record = read_json(path)
         if record.get("status") != "ok":
             continue
         rel = path.relative_to(runs)
@@ -178,7 +177,7 @@ def adopt(runs: Path, target: Path, apply: bool = False) -> tuple[list[str], lis
         dst = target / rel
         new = (record.get("metrics") or {}).get("test/acc")
         if dst.is_file():
-            old = (json.loads(dst.read_text(encoding="utf-8")).get("metrics") or {}).get("test/acc")
+            old = (read_json(dst).get("metrics") or {}).get("test/acc")
             moved = "same" if old == new else f"{old} -> {new}"
             lines.append(f"replace {rel}: test/acc {moved}")
         else:
